@@ -1,0 +1,72 @@
+//! Command-line definitions. These structs hold raw input only; `main`
+//! turns them into validated settings from `config`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::parse_duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "brood", version, about = "A process supervisor built directly on fork/exec/waitpid")]
+pub struct Cli {
+    /// More messages on stderr (-vv for trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Fewer messages on stderr (-qq for errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fork and exec PROG once per request, with a counter argument.
+    Spawn(SpawnArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Leave children on brood's own stdout/stderr (no capture, no prefix).
+    #[arg(long)]
+    pub inherit: bool,
+    /// Write children's lines without the `LABEL | ` prefix.
+    #[arg(long)]
+    pub no_prefix: bool,
+    /// Put the time before every line.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Append one JSON object per event to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+    /// Do not give children a parent-death signal (SIGTERM when brood dies).
+    #[arg(long)]
+    pub no_pdeathsig: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SpawnArgs {
+    /// Spawn COUNT children, wait for all, exit (batch mode).
+    #[arg(short = 'n', long = "count", value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// At most JOBS children alive at once.
+    #[arg(short = 'j', long, value_name = "JOBS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
+    /// First counter value.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub start: u64,
+    /// Read console commands from stdin even in batch mode.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Time between the stop signal and SIGKILL at shutdown.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The program and its arguments; the counter is appended, or replaces `{n}`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROG [ARGS]...")]
+    pub command: Vec<OsString>,
+}

@@ -1,0 +1,63 @@
+//! The `--events` JSON-lines writer: one object per line, written with a
+//! single `write` as it happens, so a reader tailing the file never sees half
+//! an event.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+pub struct Events {
+    file: Option<File>,
+    failed: bool,
+}
+
+impl Events {
+    pub fn none() -> Events {
+        Events { file: None, failed: false }
+    }
+
+    /// Open (append, create 0600, never through a symlink).
+    pub fn open(path: &Path) -> Result<Events, Error> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::usage(format!("cannot open events file '{}': {e}", path.display())))?;
+        Ok(Events { file: Some(file), failed: false })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Write `{"ts": ..., "event": kind, ...fields}`.
+    pub fn emit(&mut self, kind: &str, fields: Value) {
+        let Some(file) = self.file.as_mut() else { return };
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut obj = Map::new();
+        obj.insert("ts".into(), Value::from(ts));
+        obj.insert("event".into(), Value::from(kind));
+        if let Value::Object(more) = fields {
+            obj.extend(more);
+        }
+        let mut line = Value::Object(obj).to_string();
+        line.push('\n');
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            if !self.failed {
+                log::error!("cannot write events file: {e}");
+                self.failed = true;
+            }
+        }
+    }
+}

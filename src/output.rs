@@ -1,0 +1,340 @@
+//! Children's output: line framing, prefixes, and the one writer per stream.
+//!
+//! Each pipe has a [`LineFramer`] that turns reads into whole lines (cut at
+//! 64 KiB). Lines go whole into a [`Sink`], the only writer of brood's
+//! stdout or stderr, which writes without blocking: when the reader is slow
+//! the sink's buffer fills, the loop stops reading children's pipes (they
+//! block on write) and signals, reaping and the console carry on.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+/// Lines longer than this are cut into pieces of this size, each prefixed.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Above this many pending bytes a sink asks the loop to stop reading pipes.
+pub const HIGH_WATER: usize = 1024 * 1024;
+
+/// Splits a byte stream into lines.
+#[derive(Default)]
+pub struct LineFramer {
+    partial: Vec<u8>,
+    /// A 64 KiB piece was just cut; a newline right after it ends that
+    /// piece rather than making an empty line.
+    just_cut: bool,
+}
+
+impl LineFramer {
+    /// Feed bytes; `emit` gets every complete line, without its newline.
+    pub fn feed(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        while !data.is_empty() {
+            if std::mem::take(&mut self.just_cut) && data[0] == b'\n' {
+                data = &data[1..];
+                continue;
+            }
+            let room = MAX_LINE - self.partial.len();
+            let window = &data[..data.len().min(room)];
+            match memchr(b'\n', window) {
+                Some(i) => {
+                    if self.partial.is_empty() {
+                        emit(&data[..i]);
+                    } else {
+                        self.partial.extend_from_slice(&data[..i]);
+                        emit(&self.partial);
+                        self.partial.clear();
+                    }
+                    data = &data[i + 1..];
+                }
+                None if window.len() == room => {
+                    // A full 64 KiB piece with no newline: cut it here.
+                    if self.partial.is_empty() {
+                        emit(window);
+                    } else {
+                        self.partial.extend_from_slice(window);
+                        emit(&self.partial);
+                        self.partial.clear();
+                    }
+                    data = &data[room..];
+                    self.just_cut = true;
+                }
+                None => {
+                    self.partial.extend_from_slice(window);
+                    data = &[];
+                }
+            }
+        }
+        if self.partial.is_empty() && self.partial.capacity() > MAX_LINE {
+            self.partial = Vec::new();
+        }
+    }
+
+    /// At EOF: the unterminated last line, if any.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&self.partial);
+        }
+        self.partial = Vec::new();
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WriteMode {
+    /// Our own O_NONBLOCK file description (a reopened pipe or terminal).
+    NonBlocking,
+    /// A socket: `send` with MSG_DONTWAIT leaves the shared description alone.
+    Socket,
+    /// A regular file or anything we could not reopen: plain writes.
+    Blocking,
+}
+
+/// brood's stdout or stderr, with a buffer of whole lines.
+pub struct Sink {
+    fd: RawFd,
+    _own: Option<OwnedFd>,
+    mode: WriteMode,
+    buf: Vec<u8>,
+    pos: usize,
+    /// False after EAGAIN until the loop sees the fd writable again.
+    pub writable: bool,
+    /// The reader went away (EPIPE): everything for this sink is dropped.
+    pub closed: bool,
+    pub color: bool,
+}
+
+impl Sink {
+    /// Open a sink on fd 1 or 2. Pipes and terminals are reopened through
+    /// /proc/self/fd with O_NONBLOCK on a new file description of our own:
+    /// setting O_NONBLOCK on the inherited one would change it for every
+    /// process that shares it (the shell, the other programs in a pipeline).
+    pub fn open(fd: RawFd) -> Sink {
+        let color = is_terminal(fd) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let mut sink = Sink {
+            fd,
+            _own: None,
+            mode: WriteMode::Blocking,
+            buf: Vec::new(),
+            pos: 0,
+            writable: true,
+            closed: false,
+            color,
+        };
+        let Ok(st) = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }) else {
+            return sink;
+        };
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFSOCK {
+            sink.mode = WriteMode::Socket;
+        } else if kind == libc::S_IFIFO || kind == libc::S_IFCHR {
+            let path = format!("/proc/self/fd/{fd}\0");
+            let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+            let new = unsafe { libc::open(path.as_ptr().cast(), flags) };
+            if new >= 0 {
+                let own = unsafe { OwnedFd::from_raw_fd(new) };
+                sink.fd = own.as_raw_fd();
+                sink._own = Some(own);
+                sink.mode = WriteMode::NonBlocking;
+            }
+        }
+        sink
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Whether the loop can register this fd for writability.
+    pub fn pollable(&self) -> bool {
+        self.mode != WriteMode::Blocking
+    }
+
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.closed || self.pending() < HIGH_WATER
+    }
+
+    /// Append one whole line: prefix, text and a newline.
+    pub fn push_line(&mut self, prefix: &[u8], line: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.buf.reserve(prefix.len() + line.len() + 1);
+        self.buf.extend_from_slice(prefix);
+        self.buf.extend_from_slice(line);
+        self.buf.push(b'\n');
+    }
+
+    /// Append bytes that are already whole lines (brood's own messages).
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        if !self.closed {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Write what can be written now. Err(EPIPE) means the reader is gone;
+    /// the sink is then closed and drops everything.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.pos < self.buf.len() && self.writable && !self.closed {
+            let chunk = &self.buf[self.pos..];
+            let rc = unsafe {
+                match self.mode {
+                    WriteMode::Socket => libc::send(
+                        self.fd,
+                        chunk.as_ptr().cast(),
+                        chunk.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ),
+                    _ => libc::write(self.fd, chunk.as_ptr().cast(), chunk.len()),
+                }
+            };
+            if rc >= 0 {
+                self.pos += rc as usize;
+                continue;
+            }
+            match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::EAGAIN => self.writable = false,
+                e => {
+                    self.close();
+                    return Err(io::Error::from(e));
+                }
+            }
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() > 4 * HIGH_WATER {
+                self.buf = Vec::new();
+            }
+        } else if self.pos > HIGH_WATER {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        Ok(())
+    }
+
+    /// Write everything, waiting for the reader if need be (at exit).
+    pub fn flush_blocking(&mut self) {
+        while self.pending() > 0 && !self.closed {
+            if self.flush().is_err() {
+                return;
+            }
+            if !self.writable {
+                let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLOUT, revents: 0 };
+                unsafe { libc::poll(&mut pfd, 1, -1) };
+                self.writable = true;
+            }
+        }
+    }
+
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+}
+
+pub fn is_terminal(fd: RawFd) -> bool {
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+
+/// `LABEL | ` padded to `width`, colored when asked.
+pub fn prefix(label: &str, width: usize, color_index: usize, color: bool) -> Vec<u8> {
+    let pad = width.saturating_sub(label.len());
+    let mut out = Vec::with_capacity(label.len() + pad + 16);
+    if color {
+        let c = PALETTE[color_index % PALETTE.len()];
+        out.extend_from_slice(format!("\x1b[{c}m{label}{:pad$} |\x1b[0m ", "").as_bytes());
+    } else {
+        out.extend_from_slice(label.as_bytes());
+        out.resize(out.len() + pad, b' ');
+        out.extend_from_slice(b" | ");
+    }
+    out
+}
+
+/// Local wall-clock time as `HH:MM:SS.mmm `, for --timestamps.
+pub fn timestamp() -> Vec<u8> {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+        libc::localtime_r(&ts.tv_sec, &mut tm);
+    }
+    format!(
+        "{:02}:{:02}:{:02}.{:03} ",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        ts.tv_nsec / 1_000_000
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut f = LineFramer::default();
+        let mut lines = Vec::new();
+        for c in chunks {
+            f.feed(c, |l| lines.push(l.to_vec()));
+        }
+        f.finish(|l| lines.push(l.to_vec()));
+        lines
+    }
+
+    #[test]
+    fn split_writes_make_whole_lines() {
+        assert_eq!(frame(&[b"he", b"llo\nwor", b"ld\n"]), vec![b"hello".to_vec(), b"world".to_vec()]);
+    }
+
+    #[test]
+    fn unterminated_last_line_is_kept() {
+        assert_eq!(frame(&[b"a\nb"]), vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn empty_lines_are_lines() {
+        assert_eq!(frame(&[b"\n\n"]), vec![b"".to_vec(), b"".to_vec()]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_64k() {
+        let mut big = vec![b'x'; MAX_LINE * 2 + 10];
+        big.push(b'\n');
+        let lines = frame(&[&big[..1000], &big[1000..]]);
+        assert_eq!(lines.iter().map(|l| l.len()).collect::<Vec<_>>(), [MAX_LINE, MAX_LINE, 10]);
+    }
+
+    #[test]
+    fn exactly_64k_line_is_one_piece() {
+        let mut big = vec![b'y'; MAX_LINE];
+        big.push(b'\n');
+        let lines = frame(&[&big[..MAX_LINE], &big[MAX_LINE..], b"next\n"]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], b"next");
+        assert_eq!(lines[0].len(), MAX_LINE);
+    }
+
+    #[test]
+    fn bytes_pass_through() {
+        assert_eq!(frame(&[b"\xff\xfe\x00z\n"]), vec![b"\xff\xfe\x00z".to_vec()]);
+    }
+
+    #[test]
+    fn prefix_pads_to_width() {
+        assert_eq!(prefix("a.1", 5, 0, false), b"a.1   | ");
+    }
+}

@@ -1,0 +1,97 @@
+//! Signal handling: signal-hook's self-pipe, registered in the event loop.
+//!
+//! The handlers only write to a pipe; the loop reads which signals came and
+//! acts on them in ordinary code. Nothing here runs in a handler.
+
+use std::io;
+
+use libc::c_int;
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+
+/// The signals the supervisor modes (spawn, run) watch.
+pub const SUPERVISOR_SIGNALS: &[c_int] = &[SIGCHLD, SIGINT, SIGTERM, SIGHUP];
+
+/// The signals `brood init` forwards to its command, besides SIGCHLD.
+pub const FORWARDED_SIGNALS: &[c_int] = &[SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
+
+pub fn register(signals: &[c_int]) -> io::Result<Signals> {
+    Signals::new(signals)
+}
+
+/// Every signal whose disposition is not SIG_DFL right now (brood's
+/// handlers, and SIG_IGN such as Rust's SIGPIPE or an inherited nohup).
+/// A child resets exactly these before it unblocks signals.
+pub fn non_default_dispositions() -> Vec<c_int> {
+    let mut out = Vec::new();
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == SIGKILL || sig == SIGSTOP {
+            continue;
+        }
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+        if rc == 0 && old.sa_sigaction != libc::SIG_DFL {
+            out.push(sig);
+        }
+    }
+    out
+}
+
+/// `SIGTERM` for 15, `SIGRTMIN+2` for real-time signals, `SIG42` otherwise.
+pub fn name(sig: c_int) -> String {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+        return s.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if (min..=max).contains(&sig) {
+        if sig == min {
+            return "SIGRTMIN".to_string();
+        }
+        return format!("SIGRTMIN+{}", sig - min);
+    }
+    format!("SIG{sig}")
+}
+
+/// Parse `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse(text: &str) -> Option<c_int> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<c_int>() {
+        return (1..=libc::SIGRTMAX()).contains(&n).then_some(n);
+    }
+    let upper = t.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    if let Ok(sig) = full.parse::<nix::sys::signal::Signal>() {
+        return Some(sig as c_int);
+    }
+    if let Some(rest) = full.strip_prefix("SIGRTMIN") {
+        let off: c_int = if rest.is_empty() { 0 } else { rest.strip_prefix('+')?.parse().ok()? };
+        let sig = libc::SIGRTMIN() + off;
+        return (sig <= libc::SIGRTMAX()).then_some(sig);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for sig in [SIGTERM, SIGKILL, SIGINT, SIGUSR1, libc::SIGRTMIN() + 3] {
+            assert_eq!(parse(&name(sig)), Some(sig), "{}", name(sig));
+        }
+    }
+
+    #[test]
+    fn short_and_numeric_forms_parse() {
+        assert_eq!(parse("TERM"), Some(SIGTERM));
+        assert_eq!(parse("hup"), Some(SIGHUP));
+        assert_eq!(parse("9"), Some(SIGKILL));
+        assert_eq!(parse("NOPE"), None);
+        assert_eq!(parse("0"), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! The only code that runs in the child between `fork` and `exec`.
+//!
+//! After `fork` the child is a copy of brood with one thread, whose heap and
+//! locks may be in any state, so this module obeys the async-signal-safe
+//! rule strictly: it allocates nothing, takes no locks, logs nothing, runs no
+//! destructor, never unwraps, never returns and never calls `exit`. Every
+//! value it reads was prepared by the parent in [`ChildSetup`]; everything it
+//! does is a raw syscall through `libc`.
+//!
+//! The calls allowed here, in the order they are made:
+//! `sigaction` (reset brood's handled and ignored signals to SIG_DFL),
+//! `setpgid`, `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
+//! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
+//! fds), `chdir`, `sigprocmask` (empty mask), `execve`, `write` (the errno to
+//! the error pipe) and `_exit(127)`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use libc::{c_char, c_int};
+use std::os::fd::RawFd;
+
+/// What went wrong in the child, sent to the parent with the errno.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Setup = 1,
+    Chdir = 2,
+    Exec = 3,
+}
+
+impl Stage {
+    pub fn from_u32(v: u32) -> Stage {
+        match v {
+            1 => Stage::Setup,
+            2 => Stage::Chdir,
+            _ => Stage::Exec,
+        }
+    }
+}
+
+/// Everything the child touches, prepared by the parent before `fork`.
+/// Only raw pointers and plain integers: nothing here is dropped in the child.
+pub struct ChildSetup<'a> {
+    /// Candidate paths for `execve`, tried in order (the PATH search, done
+    /// up front). Each is NUL-terminated.
+    pub paths: &'a [*const c_char],
+    /// NULL-terminated argv.
+    pub argv: *const *const c_char,
+    /// NULL-terminated envp.
+    pub envp: *const *const c_char,
+    /// NUL-terminated directory to enter, or null.
+    pub cwd: *const c_char,
+    /// `dup2(src, dst)` pairs; every `src` is >= 3 (brood keeps 0, 1 and 2 open).
+    pub stdio: [(RawFd, RawFd); 3],
+    /// Write end of the O_CLOEXEC error pipe.
+    pub err_fd: RawFd,
+    /// Signals whose disposition brood changed (handlers and SIG_IGN).
+    pub reset_signals: &'a [c_int],
+    /// Parent-death signal, or 0 for none.
+    pub pdeathsig: c_int,
+    /// brood's pid, to detect that brood died before the prctl.
+    pub parent_pid: libc::pid_t,
+    /// Whether to put the child in its own process group.
+    pub new_group: bool,
+    /// Highest fd number to mark close-on-exec when close_range is missing.
+    pub max_fd: c_int,
+}
+
+/// Set the child up and exec. Never returns: the only ways out are a
+/// successful `execve` and `_exit(127)`.
+///
+/// # Safety
+/// Must be called only in the child, right after `fork`, with every pointer
+/// in `setup` valid (they point into the parent's memory, which the child has
+/// a copy of).
+pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
+    // A signal that lands now must not run brood's handler (it would write
+    // into brood's self-pipe, which the child shares). Signals are still
+    // blocked from before the fork; reset dispositions before unblocking.
+    for &sig in setup.reset_signals {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &action, std::ptr::null_mut());
+    }
+
+    if setup.new_group && libc::setpgid(0, 0) != 0 {
+        fail(setup.err_fd, Stage::Setup);
+    }
+
+    if setup.pdeathsig != 0 {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, setup.pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
+            fail(setup.err_fd, Stage::Setup);
+        }
+        // brood may have died between fork and prctl: then the signal will
+        // never come, so behave as if it had.
+        if libc::getppid() != setup.parent_pid {
+            libc::_exit(128 + setup.pdeathsig);
+        }
+    }
+
+    for &(src, dst) in &setup.stdio {
+        if src < 0 {
+            continue;
+        }
+        if src == dst {
+            // dup2 onto itself keeps FD_CLOEXEC set; clear it instead.
+            if libc::fcntl(src, libc::F_SETFD, 0) != 0 {
+                fail(setup.err_fd, Stage::Setup);
+            }
+        } else if libc::dup2(src, dst) < 0 {
+            fail(setup.err_fd, Stage::Setup);
+        }
+    }
+
+    // Everything above 2 closes at exec, including fds brood inherited from
+    // its own parent without O_CLOEXEC. The error pipe stays open until then.
+    if libc::syscall(
+        libc::SYS_close_range,
+        3 as libc::c_uint,
+        libc::c_uint::MAX,
+        libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+    ) != 0
+    {
+        let mut fd = 3;
+        while fd <= setup.max_fd {
+            if fd != setup.err_fd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            fd += 1;
+        }
+    }
+
+    if !setup.cwd.is_null() && libc::chdir(setup.cwd) != 0 {
+        fail(setup.err_fd, Stage::Chdir);
+    }
+
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+    // The PATH search, as execvp does it: ENOENT-like errors move on to the
+    // next candidate; EACCES is remembered, so "permission denied" wins over
+    // "not found" when both happened.
+    let mut errno = libc::ENOENT;
+    let mut saw_eacces = false;
+    for &path in setup.paths {
+        libc::execve(path, setup.argv, setup.envp);
+        errno = *libc::__errno_location();
+        match errno {
+            libc::EACCES => saw_eacces = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => break,
+        }
+    }
+    if saw_eacces && (errno == libc::ENOENT || errno == libc::ENOTDIR) {
+        errno = libc::EACCES;
+    }
+    report(setup.err_fd, Stage::Exec, errno);
+}
+
+unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
+    report(err_fd, stage, *libc::__errno_location())
+}
+
+/// Send `[stage, errno]` to the parent and leave. The 8 bytes go in one
+/// write, which is atomic on a pipe.
+unsafe fn report(err_fd: RawFd, stage: Stage, errno: c_int) -> ! {
+    let mut msg = [0u8; 8];
+    let stage = (stage as u32).to_ne_bytes();
+    let errno = (errno as u32).to_ne_bytes();
+    let mut i = 0;
+    while i < 4 {
+        msg[i] = stage[i];
+        msg[4 + i] = errno[i];
+        i += 1;
+    }
+    libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+    libc::_exit(127)
+}

@@ -1,0 +1,231 @@
+//! Everything a child will touch, built in the parent before `fork`.
+//!
+//! [`Image`] is built once per program (the PATH search, the environment
+//! block, the working directory); [`Argv`] once per spawn (it carries the
+//! counter). Both hold `CString`s and the NULL-terminated pointer arrays the
+//! child passes to `execve`, so the child allocates nothing.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use libc::c_char;
+
+use crate::error::Error;
+
+/// A C string array with its NULL-terminated pointer vector. The pointers
+/// point into the `CString`s' heap buffers, which do not move when the
+/// `Vec` does.
+pub struct CArray {
+    strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl CArray {
+    pub fn new(strings: Vec<CString>) -> CArray {
+        let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        CArray { strings, ptrs }
+    }
+
+    pub fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+
+    /// The pointers without the terminating NULL.
+    pub fn ptrs(&self) -> &[*const c_char] {
+        &self.ptrs[..self.strings.len()]
+    }
+
+    pub fn strings(&self) -> &[CString] {
+        &self.strings
+    }
+}
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, Error> {
+    CString::new(bytes).map_err(|_| Error::usage(format!("{what} contains a NUL byte")))
+}
+
+/// The parts of a launch that are the same for every instance of a program.
+pub struct Image {
+    /// The program as the user wrote it, for messages.
+    pub program: OsString,
+    /// Paths `execve` tries in order.
+    pub paths: CArray,
+    pub envp: CArray,
+    pub cwd: Option<CString>,
+}
+
+impl Image {
+    /// Resolve `program` against PATH (as execvp would) and build the
+    /// environment: brood's own, with `env` laid over it.
+    pub fn new(
+        program: &OsStr,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+    ) -> Result<Image, Error> {
+        if program.is_empty() {
+            return Err(Error::usage("the program name is empty".to_string()));
+        }
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        for (k, v) in env {
+            match vars.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => vars.push((k.clone(), v.clone())),
+            }
+        }
+        let path_var = vars
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        let mut envp = Vec::with_capacity(vars.len());
+        for (k, v) in &vars {
+            let mut entry = k.clone().into_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(v.as_bytes());
+            envp.push(cstring(&entry, "an environment variable")?);
+        }
+        let candidates = search_path(program, path_var.as_deref(), cwd)?;
+        let cwd = match cwd {
+            Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), "the working directory")?),
+            None => None,
+        };
+        Ok(Image {
+            program: program.to_os_string(),
+            paths: CArray::new(candidates),
+            envp: CArray::new(envp),
+            cwd,
+        })
+    }
+
+    pub fn display_name(&self) -> String {
+        self.program.to_string_lossy().into_owned()
+    }
+}
+
+/// The candidates execve tries. With a slash, the program itself. Without,
+/// each PATH entry; when one of them is an executable file, only that one,
+/// so a spawn costs one execve, not one per PATH entry.
+fn search_path(
+    program: &OsStr,
+    path_var: Option<&OsStr>,
+    cwd: Option<&Path>,
+) -> Result<Vec<CString>, Error> {
+    let bytes = program.as_bytes();
+    if bytes.contains(&b'/') {
+        return Ok(vec![cstring(bytes, "the program name")?]);
+    }
+    let path_var = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    let mut all = Vec::new();
+    for dir in path_var.as_bytes().split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let mut full = PathBuf::from(OsStr::from_bytes(dir));
+        full.push(program);
+        let runnable = if full.is_relative() {
+            cwd.map(|c| c.join(&full)).unwrap_or_else(|| full.clone())
+        } else {
+            full.clone()
+        };
+        let c = cstring(full.as_os_str().as_bytes(), "the program path")?;
+        if is_executable_file(&runnable) {
+            return Ok(vec![c]);
+        }
+        all.push(c);
+    }
+    Ok(all)
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+        Err(_) => false,
+    }
+}
+
+/// argv for one spawn: the user's arguments with the counter substituted
+/// for `{n}`, or appended when no argument names it.
+pub fn build_argv(program: &OsStr, args: &[OsString], n: Option<u64>) -> Result<CArray, Error> {
+    let mut argv = Vec::with_capacity(args.len() + 2);
+    argv.push(cstring(program.as_bytes(), "the program name")?);
+    let counter = n.map(|n| n.to_string());
+    let mut substituted = false;
+    for arg in args {
+        let bytes = arg.as_bytes();
+        match &counter {
+            Some(c) if contains(bytes, b"{n}") => {
+                substituted = true;
+                argv.push(cstring(&replace(bytes, b"{n}", c.as_bytes()), "an argument")?);
+            }
+            _ => argv.push(cstring(bytes, "an argument")?),
+        }
+    }
+    if let (Some(c), false) = (&counter, substituted) {
+        argv.push(cstring(c.as_bytes(), "the counter")?);
+    }
+    Ok(CArray::new(argv))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn replace(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len() + with.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(a: &CArray) -> Vec<String> {
+        a.strings().iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn counter_is_appended_when_no_placeholder() {
+        let a = build_argv(OsStr::new("hello"), &["x".into()], Some(3)).unwrap();
+        assert_eq!(strs(&a), ["hello", "x", "3"]);
+    }
+
+    #[test]
+    fn placeholder_is_substituted_everywhere_and_not_appended() {
+        let a = build_argv(OsStr::new("p"), &["a{n}b".into(), "{n}".into()], Some(12)).unwrap();
+        assert_eq!(strs(&a), ["p", "a12b", "12"]);
+    }
+
+    #[test]
+    fn no_counter_leaves_args_alone() {
+        let a = build_argv(OsStr::new("p"), &["{n}".into()], None).unwrap();
+        assert_eq!(strs(&a), ["p", "{n}"]);
+    }
+
+    #[test]
+    fn nul_in_argument_is_an_error_not_a_panic() {
+        assert!(build_argv(OsStr::new("p"), &[OsString::from_vec(b"a\0b".to_vec())], None).is_err());
+    }
+
+    #[test]
+    fn path_search_finds_sh_once() {
+        let c = search_path(OsStr::new("sh"), Some(OsStr::new("/nonexistent:/bin")), None).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].to_str().unwrap(), "/bin/sh");
+    }
+
+    #[test]
+    fn path_search_keeps_every_candidate_when_nothing_matches() {
+        let c = search_path(OsStr::new("no-such-prog"), Some(OsStr::new("/a:/b")), None).unwrap();
+        assert_eq!(c.len(), 2);
+    }
+}

@@ -1,0 +1,892 @@
+//! The event loop: one thread, one `epoll`, everything brood does.
+//!
+//! It owns the signal self-pipe, stdin (the console), every child's output
+//! pipes and brood's own stdout/stderr writers. Its timeout is the nearest
+//! deadline (a kill escalation, a drain limit), so an idle brood sleeps in
+//! `epoll_wait` and uses no CPU. Shutdown is a state entered once; only the
+//! top of [`Supervisor::run`] ends the loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events as MioEvents, Interest, Poll, Token};
+use serde_json::json;
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+
+use crate::children::{self, Child, Pipe, State, Stream};
+use crate::config::{basename, OutputOptions, ProgramSpec};
+use crate::console::{self, Command, LineReader};
+use crate::error::Error;
+use crate::events::Events;
+use crate::logging;
+use crate::output::{self, Sink};
+use crate::reaper::{self, ExitStatus, Reaped};
+use crate::signals;
+use crate::spawn::{self, plan, SpawnContext, SpawnError, Stdio};
+
+const SIGNALS: Token = Token(0);
+const STDIN: Token = Token(1);
+const STDOUT: Token = Token(2);
+const STDERR: Token = Token(3);
+const FIRST_PIPE: usize = 16;
+
+/// Reads per loop turn before the loop polls again, so a flood from the
+/// children never delays signals or the console.
+const READ_BUDGET: usize = 128;
+
+/// After the last leader is gone, how long pipes held open by processes
+/// outside every group brood knows may keep brood waiting.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+fn pipe_token(id: u64, stream: Stream) -> Token {
+    Token(FIRST_PIPE + (id as usize) * 2 + stream as usize)
+}
+
+fn token_pipe(token: Token) -> (u64, Stream) {
+    let i = token.0 - FIRST_PIPE;
+    let stream = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+    ((i / 2) as u64, stream)
+}
+
+/// A program with everything its spawns share.
+pub struct Program {
+    pub spec: ProgramSpec,
+    pub name: String,
+    pub image: plan::Image,
+}
+
+impl Program {
+    pub fn new(spec: ProgramSpec) -> Result<Program, Error> {
+        let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
+        // Validate the arguments once, so a bad one is a usage error up front.
+        plan::build_argv(&spec.program, &spec.args, spec.counter_arg.then_some(1))?;
+        Ok(Program { name: spec.name.clone(), spec, image })
+    }
+}
+
+/// What decides when children are started: the spawn loop's queue.
+pub struct SpawnQueue {
+    /// Spawns wanted and not yet made.
+    pub queued: u64,
+    pub next_n: u64,
+    pub jobs: Option<usize>,
+    /// `-n`: finish once the queue is empty and every child is gone.
+    pub batch: bool,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Stats {
+    pub spawned: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub spawn_failed: u64,
+    pub stopped: u64,
+}
+
+struct Shutdown {
+    kill_at: Instant,
+    escalated: bool,
+    drain_until: Option<Instant>,
+}
+
+struct ConsoleIn {
+    reader: LineReader,
+    /// epoll refuses regular files and /dev/null: those are read every turn.
+    pollable: bool,
+    open: bool,
+}
+
+pub struct Options {
+    pub output: OutputOptions,
+    pub console: bool,
+    pub grace: Duration,
+    pub pdeathsig: bool,
+}
+
+pub struct Outcome {
+    pub stats: Stats,
+    pub code: i32,
+}
+
+pub struct Supervisor {
+    poll: Poll,
+    signals: Signals,
+    ctx: SpawnContext,
+    programs: Vec<Program>,
+    opts: Options,
+    queue: SpawnQueue,
+    children: HashMap<u64, Child>,
+    by_pid: HashMap<i32, u64>,
+    next_id: u64,
+    alive: usize,
+    /// Children whose exec failed: reaped silently.
+    doomed: HashSet<i32>,
+    /// Groups whose leader is reaped but that still had members: pgid to label.
+    lingering: HashMap<i32, String>,
+    ready: VecDeque<Token>,
+    stdout: Sink,
+    stderr: Sink,
+    width: usize,
+    events: Events,
+    console: Option<ConsoleIn>,
+    shutdown: Option<Shutdown>,
+    stats: Stats,
+    scratch: Vec<u8>,
+}
+
+impl Supervisor {
+    pub fn new(
+        programs: Vec<Program>,
+        opts: Options,
+        queue: SpawnQueue,
+        events: Events,
+        width_hint: usize,
+    ) -> Result<Supervisor, Error> {
+        let poll = Poll::new().map_err(|e| Error::io("cannot create epoll", e))?;
+        let mut signals = signals::register(signals::SUPERVISOR_SIGNALS)
+            .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| Error::io("cannot watch signals", e))?;
+        let reset = signals::non_default_dispositions();
+        let pdeathsig = opts.pdeathsig.then_some(SIGTERM);
+        let ctx = SpawnContext::new(reset, pdeathsig).map_err(|e| Error::io("cannot open /dev/null", e))?;
+
+        let stdout = Sink::open(1);
+        let stderr = Sink::open(2);
+        for (sink, token) in [(&stdout, STDOUT), (&stderr, STDERR)] {
+            if sink.pollable() {
+                let fd = sink.raw_fd();
+                // Failure here only costs the early notice of a closed reader.
+                let _ = poll.registry().register(&mut SourceFd(&fd), token, Interest::WRITABLE);
+            }
+        }
+        let console = if opts.console {
+            let pollable = poll.registry().register(&mut SourceFd(&0), STDIN, Interest::READABLE).is_ok();
+            Some(ConsoleIn { reader: LineReader::default(), pollable, open: true })
+        } else {
+            None
+        };
+        Ok(Supervisor {
+            poll,
+            signals,
+            ctx,
+            programs,
+            opts,
+            queue,
+            children: HashMap::new(),
+            by_pid: HashMap::new(),
+            next_id: 0,
+            alive: 0,
+            doomed: HashSet::new(),
+            lingering: HashMap::new(),
+            ready: VecDeque::new(),
+            stdout,
+            stderr,
+            width: width_hint,
+            events,
+            console,
+            shutdown: None,
+            stats: Stats::default(),
+            scratch: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Run until shutdown is complete. Returns the stats and the exit code.
+    pub fn run(mut self) -> Outcome {
+        let mut events = MioEvents::with_capacity(1024);
+        loop {
+            self.start_queued();
+            self.check_done();
+            self.pump();
+            if self.finished() {
+                break;
+            }
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("epoll failed: {e}");
+                    self.begin_shutdown("error".to_string());
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(),
+                    STDIN => self.read_console(),
+                    STDOUT => {
+                        if event.is_error() || event.is_write_closed() {
+                            self.on_stdout_closed();
+                        } else if event.is_writable() {
+                            self.stdout.writable = true;
+                        }
+                    }
+                    STDERR => {
+                        if event.is_error() || event.is_write_closed() {
+                            self.stderr.close();
+                        } else if event.is_writable() {
+                            self.stderr.writable = true;
+                        }
+                    }
+                    token => self.ready.push_back(token),
+                }
+            }
+            self.on_deadlines(Instant::now());
+        }
+        self.finish()
+    }
+
+    // ----- spawning -------------------------------------------------------
+
+    fn start_queued(&mut self) {
+        while self.queue.queued > 0 && self.shutdown.is_none() {
+            if let Some(jobs) = self.queue.jobs {
+                if self.alive + self.doomed.len() >= jobs {
+                    return;
+                }
+            }
+            self.queue.queued -= 1;
+            let n = self.queue.next_n;
+            self.queue.next_n += 1;
+            self.spawn_one(0, n);
+        }
+    }
+
+    fn spawn_one(&mut self, program: usize, n: u64) {
+        let prog = &self.programs[program];
+        let label = format!("{}.{}", prog.name, n);
+        self.width = self.width.max(label.len());
+        let counter = prog.spec.counter_arg.then_some(n);
+        let argv = match plan::build_argv(&prog.spec.program, &prog.spec.args, counter) {
+            Ok(a) => a,
+            Err(e) => {
+                log::error!("{label}: {e}");
+                self.stats.spawn_failed += 1;
+                return;
+            }
+        };
+        let stdio = if self.opts.output.inherit { Stdio::Inherit } else { Stdio::Capture };
+        match spawn::spawn(&self.ctx, &prog.image, &argv, stdio) {
+            Ok(spawned) => {
+                let pid = spawned.pid.as_raw();
+                let id = self.next_id;
+                self.next_id += 1;
+                let mut pipes = [None, None];
+                for (stream, fd) in [(Stream::Stdout, spawned.stdout), (Stream::Stderr, spawned.stderr)] {
+                    if let Some(fd) = fd {
+                        let raw = fd.as_raw_fd();
+                        let token = pipe_token(id, stream);
+                        if let Err(e) = self.poll.registry().register(&mut SourceFd(&raw), token, Interest::READABLE) {
+                            log::error!("cannot watch the output of {label}: {e}");
+                        }
+                        pipes[stream as usize] = Some(Pipe { fd, framer: Default::default() });
+                    }
+                }
+                self.stats.spawned += 1;
+                log::info!("spawned {label} pid {pid}");
+                self.events.emit("spawn", json!({"label": label, "name": prog.name, "n": n, "pid": pid}));
+                self.children.insert(
+                    id,
+                    Child {
+                        id,
+                        program,
+                        n,
+                        label,
+                        pid,
+                        started: Instant::now(),
+                        state: State::Running,
+                        pipes,
+                        prefix: Vec::new(),
+                        prefix_width: 0,
+                        stop_requested: false,
+                        kill_at: None,
+                        restarts: 0,
+                    },
+                );
+                self.by_pid.insert(pid, id);
+                self.alive += 1;
+            }
+            Err(err) => {
+                if let SpawnError::Exec { pid, .. } = err {
+                    self.doomed.insert(pid.as_raw());
+                }
+                let message = err.describe(&prog.image);
+                log::error!("{message}");
+                self.stats.spawn_failed += 1;
+                self.events.emit(
+                    "spawn_failed",
+                    json!({"label": label, "name": prog.name, "n": n, "stage": err.stage(),
+                           "errno": err.errno() as i32, "error": message}),
+                );
+            }
+        }
+    }
+
+    /// `-n`: the batch is done when nothing is queued and nothing is left.
+    fn check_done(&mut self) {
+        if self.queue.batch
+            && self.shutdown.is_none()
+            && self.queue.queued == 0
+            && self.alive == 0
+            && self.doomed.is_empty()
+        {
+            self.begin_shutdown("done".to_string());
+        }
+    }
+
+    // ----- signals and reaping ---------------------------------------------
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGCHLD => self.reap(),
+                SIGINT | SIGTERM | SIGHUP => {
+                    if self.shutdown.is_some() {
+                        if sig == SIGINT || sig == SIGTERM {
+                            log::info!("second {}: killing every child now", signals::name(sig));
+                            self.escalate();
+                        }
+                    } else {
+                        self.begin_shutdown(format!("signal:{}", signals::name(sig)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut reaped = Vec::new();
+        reaper::reap_all(|r| reaped.push(r));
+        for r in reaped {
+            match r {
+                Reaped::Exited { pid, status } => self.on_exit(pid, status),
+                Reaped::Stopped { pid, signal } => {
+                    if let Some(child) = self.by_pid.get(&pid).and_then(|id| self.children.get_mut(id)) {
+                        log::info!("{} pid {pid} stopped by {}", child.label, signals::name(signal));
+                        if child.state == State::Running {
+                            child.state = State::Paused(signal);
+                        }
+                    }
+                }
+                Reaped::Continued { pid } => {
+                    if let Some(child) = self.by_pid.get(&pid).and_then(|id| self.children.get_mut(id)) {
+                        log::info!("{} pid {pid} continued", child.label);
+                        if matches!(child.state, State::Paused(_)) {
+                            child.state = State::Running;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: i32, status: ExitStatus) {
+        if self.doomed.remove(&pid) {
+            return;
+        }
+        let Some(id) = self.by_pid.remove(&pid) else {
+            log::debug!("reaped pid {pid}, not one of ours");
+            return;
+        };
+        let Some(child) = self.children.get_mut(&id) else { return };
+        child.state = State::Exited(status);
+        child.kill_at = None;
+        self.alive -= 1;
+        let runtime = child.uptime(Instant::now());
+        if child.stop_requested {
+            self.stats.stopped += 1;
+        } else if status.success() {
+            self.stats.succeeded += 1;
+        } else {
+            self.stats.failed += 1;
+        }
+        log::info!("{} pid {pid} {}", child.label, status.describe());
+        let (code, signal, core) = match status {
+            ExitStatus::Code(c) => (Some(c), None, false),
+            ExitStatus::Signal { signal, core } => (None, Some(signals::name(signal)), core),
+        };
+        self.events.emit(
+            "exit",
+            json!({"label": child.label, "pid": pid, "code": code, "signal": signal,
+                   "core": core, "runtime_ms": runtime.as_millis() as u64}),
+        );
+        if children::group_alive(pid) {
+            self.lingering.insert(pid, child.label.clone());
+            if self.shutdown.is_some() {
+                children::signal_group(pid, self.programs[child.program].spec.stop_signal);
+            }
+        }
+        if !child.has_pipes() {
+            self.children.remove(&id);
+        }
+    }
+
+    // ----- stopping --------------------------------------------------------
+
+    /// Send a child's group its stop signal; SIGKILL follows after `grace`.
+    fn stop_child(&mut self, id: u64, grace: Duration) {
+        let Some(child) = self.children.get_mut(&id) else { return };
+        if !child.state.leader_alive() || child.state == State::Stopping {
+            return;
+        }
+        let spec = &self.programs[child.program].spec;
+        let sig = spec.stop_signal;
+        child.stop_requested = true;
+        child.state = State::Stopping;
+        child.kill_at = Some(Instant::now() + grace);
+        children::signal_group(child.pid, sig);
+        // A stopped (SIGSTOP) group would never act on SIGTERM.
+        children::signal_group(child.pid, SIGCONT);
+        log::debug!("sent {} to {} (pgid {})", signals::name(sig), child.label, child.pid);
+        self.events.emit("signal", json!({"label": child.label, "pid": child.pid, "signal": signals::name(sig)}));
+    }
+
+    fn begin_shutdown(&mut self, reason: String) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        log::info!("shutting down ({reason})");
+        self.events.emit("shutdown", json!({"reason": reason}));
+        self.queue.queued = 0;
+        let now = Instant::now();
+        let mut longest = Duration::ZERO;
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        for id in ids {
+            let program = self.children[&id].program;
+            let grace = self.grace_for(program);
+            longest = longest.max(grace);
+            self.stop_child(id, grace);
+        }
+        let grace = self.opts.grace;
+        longest = longest.max(grace);
+        let lingering: Vec<(i32, String)> = self.lingering.iter().map(|(p, l)| (*p, l.clone())).collect();
+        for (pgid, label) in lingering {
+            if children::signal_group(pgid, SIGTERM) {
+                children::signal_group(pgid, SIGCONT);
+                self.events.emit("signal", json!({"label": label, "pid": pgid, "signal": "SIGTERM"}));
+            }
+        }
+        self.shutdown = Some(Shutdown { kill_at: now + longest, escalated: false, drain_until: None });
+        if let Some(c) = self.console.as_mut() {
+            if c.open && c.pollable {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&0));
+            }
+            c.open = false;
+        }
+    }
+
+    fn grace_for(&self, program: usize) -> Duration {
+        self.programs[program].spec.stop_timeout
+    }
+
+    /// SIGKILL every group that still has a member, leaders gone or not.
+    fn escalate(&mut self) {
+        let mut targets: Vec<(i32, String)> = self
+            .children
+            .values()
+            .filter(|c| c.state.leader_alive())
+            .map(|c| (c.pid, c.label.clone()))
+            .collect();
+        targets.extend(self.lingering.iter().map(|(p, l)| (*p, l.clone())));
+        for child in self.children.values_mut() {
+            child.kill_at = None;
+        }
+        for (pgid, label) in targets {
+            self.kill_group(pgid, &label);
+        }
+        if let Some(sd) = self.shutdown.as_mut() {
+            sd.escalated = true;
+        }
+    }
+
+    fn kill_group(&mut self, pgid: i32, label: &str) {
+        if children::signal_group(pgid, SIGKILL) {
+            log::info!("{label} pid {pgid} did not stop in time: sent SIGKILL");
+            self.events.emit("signal", json!({"label": label, "pid": pgid, "signal": "SIGKILL"}));
+        }
+    }
+
+    fn on_deadlines(&mut self, now: Instant) {
+        let due: Vec<(i32, String, u64)> = self
+            .children
+            .values()
+            .filter(|c| c.kill_at.is_some_and(|t| t <= now))
+            .map(|c| (c.pid, c.label.clone(), c.id))
+            .collect();
+        for (pgid, label, id) in due {
+            if let Some(c) = self.children.get_mut(&id) {
+                c.kill_at = None;
+            }
+            self.kill_group(pgid, &label);
+        }
+        if self.shutdown.as_ref().is_some_and(|sd| !sd.escalated && sd.kill_at <= now) {
+            self.escalate();
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let readable_work = self.ready.iter().any(|t| {
+            let (_, stream) = token_pipe(*t);
+            self.sink(stream).has_room()
+        });
+        let console_work = self.console.as_ref().is_some_and(|c| c.open && !c.pollable);
+        if readable_work || console_work {
+            return Some(Duration::ZERO);
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for child in self.children.values() {
+            if let Some(t) = child.kill_at {
+                consider(t);
+            }
+        }
+        if let Some(sd) = &self.shutdown {
+            if !sd.escalated {
+                consider(sd.kill_at);
+            }
+            if let Some(t) = sd.drain_until {
+                consider(t);
+            }
+            if self.alive == 0 && !self.lingering.is_empty() {
+                // Waiting for killed groups to empty: check again soon.
+                consider(now + Duration::from_millis(20));
+            }
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn finished(&mut self) -> bool {
+        let Some(sd) = self.shutdown.as_ref() else { return false };
+        if self.alive > 0 || !self.doomed.is_empty() {
+            return false;
+        }
+        self.lingering.retain(|pgid, _| children::group_alive(*pgid));
+        if !self.lingering.is_empty() && !sd.escalated {
+            return false;
+        }
+        let now = Instant::now();
+        let open_pipes = self.children.values().any(Child::has_pipes);
+        if open_pipes || !self.lingering.is_empty() {
+            let drain_until = match self.shutdown.as_mut() {
+                Some(sd) => *sd.drain_until.get_or_insert(now + DRAIN_LIMIT),
+                None => return false,
+            };
+            if now < drain_until {
+                return false;
+            }
+            // Whatever still holds a pipe is outside every group brood knows.
+            if !self.force_close_pipes() {
+                return false;
+            }
+        }
+        self.stdout.pending() == 0 && self.stderr.pending() == 0 || self.stdout.closed && self.stderr.pending() == 0
+    }
+
+    /// Read what is left in every pipe whose sink has room, then close it.
+    /// False when a full sink keeps some open (nothing is dropped).
+    fn force_close_pipes(&mut self) -> bool {
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        let mut all = true;
+        for id in ids {
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                if !self.sink(stream).has_room() {
+                    all = false;
+                    continue;
+                }
+                while self.children.get(&id).is_some_and(|c| c.pipes[stream as usize].is_some()) {
+                    if !self.read_pipe(id, stream) {
+                        self.close_pipe(id, stream);
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    fn on_stdout_closed(&mut self) {
+        if self.stdout.closed && self.shutdown.is_some() {
+            return;
+        }
+        self.stdout.close();
+        self.begin_shutdown("stdout_closed".to_string());
+    }
+
+    // ----- output ----------------------------------------------------------
+
+    fn sink(&self, stream: Stream) -> &Sink {
+        match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        }
+    }
+
+    /// Read ready pipes within the budget, then write what can be written.
+    fn pump(&mut self) {
+        let mut budget = READ_BUDGET;
+        let mut blocked = Vec::new();
+        while budget > 0 {
+            let Some(token) = self.ready.pop_front() else { break };
+            let (id, stream) = token_pipe(token);
+            if !self.children.get(&id).is_some_and(|c| c.pipes[stream as usize].is_some()) {
+                continue;
+            }
+            if !self.sink(stream).has_room() {
+                blocked.push(token);
+                continue;
+            }
+            budget -= 1;
+            if self.read_pipe(id, stream) {
+                self.ready.push_back(token);
+            }
+        }
+        self.ready.extend(blocked);
+        self.ready.make_contiguous();
+        self.dedup_ready();
+        let queued = logging::take_queued();
+        self.stderr.push_raw(&queued);
+        if self.console.as_ref().is_some_and(|c| c.open && !c.pollable) {
+            self.read_console();
+        }
+        if self.stdout.flush().is_err() {
+            self.on_stdout_closed();
+        }
+        let _ = self.stderr.flush();
+    }
+
+    fn dedup_ready(&mut self) {
+        if self.ready.len() > 1 {
+            let mut seen = HashSet::with_capacity(self.ready.len());
+            self.ready.retain(|t| seen.insert(*t));
+        }
+    }
+
+    /// One read from a pipe. True if it may have more; false at EAGAIN or
+    /// after EOF (which closes the pipe).
+    fn read_pipe(&mut self, id: u64, stream: Stream) -> bool {
+        let Some(child) = self.children.get_mut(&id) else { return false };
+        let Some(pipe) = child.pipes[stream as usize].as_mut() else { return false };
+        let n = loop {
+            let rc = unsafe { libc::read(pipe.fd.as_raw_fd(), self.scratch.as_mut_ptr().cast(), self.scratch.len()) };
+            if rc < 0 {
+                match nix::errno::Errno::last() {
+                    nix::errno::Errno::EINTR => continue,
+                    nix::errno::Errno::EAGAIN => return false,
+                    _ => break 0,
+                }
+            }
+            break rc as usize;
+        };
+        if child.prefix_width != self.width || child.prefix.is_empty() {
+            let sink_color = self.stdout.color;
+            child.prefix = output::prefix(&child.label, self.width, child.n as usize, sink_color);
+            child.prefix_width = self.width;
+        }
+        let sink = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        let opts = &self.opts.output;
+        let prefix: &[u8] = if opts.prefix { &child.prefix } else { b"" };
+        let mut emit = |line: &[u8]| {
+            if opts.timestamps {
+                let mut p = output::timestamp();
+                p.extend_from_slice(prefix);
+                sink.push_line(&p, line);
+            } else {
+                sink.push_line(prefix, line);
+            }
+        };
+        if n == 0 {
+            pipe.framer.finish(&mut emit);
+            self.close_pipe(id, stream);
+            return false;
+        }
+        pipe.framer.feed(&self.scratch[..n], &mut emit);
+        true
+    }
+
+    fn close_pipe(&mut self, id: u64, stream: Stream) {
+        let Some(child) = self.children.get_mut(&id) else { return };
+        if let Some(pipe) = child.pipes[stream as usize].take() {
+            let raw: RawFd = pipe.fd.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+            drop(pipe);
+        }
+        if !child.has_pipes() && !child.state.leader_alive() {
+            self.children.remove(&id);
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        // Log lines queued so far come first, so the console reads in order.
+        let queued = logging::take_queued();
+        self.stderr.push_raw(&queued);
+        self.stderr.push_raw(text.as_bytes());
+        if !text.ends_with('\n') {
+            self.stderr.push_raw(b"\n");
+        }
+    }
+
+    // ----- console ---------------------------------------------------------
+
+    fn read_console(&mut self) {
+        let Some(console) = self.console.as_mut() else { return };
+        if !console.open {
+            return;
+        }
+        let mut commands = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut eof = false;
+        for _ in 0..16 {
+            let rc = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if rc < 0 {
+                match nix::errno::Errno::last() {
+                    nix::errno::Errno::EINTR => continue,
+                    nix::errno::Errno::EAGAIN => break,
+                    e => {
+                        log::warn!("cannot read the console: {e}");
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+            if rc == 0 {
+                eof = true;
+                break;
+            }
+            console.reader.feed(&buf[..rc as usize], &mut commands);
+            if !console.pollable {
+                // A regular file never blocks; one read per turn keeps the
+                // loop responsive.
+                break;
+            }
+            let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+            if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+                break;
+            }
+        }
+        if eof {
+            console.reader.finish(&mut commands);
+        }
+        for command in commands {
+            if self.shutdown.is_some() {
+                break;
+            }
+            self.on_command(command);
+        }
+        if eof {
+            if let Some(c) = self.console.as_mut() {
+                if c.open && c.pollable {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&0));
+                }
+                c.open = false;
+            }
+            self.begin_shutdown("eof".to_string());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Spawn => {
+                // Start it now, so a `q` later in the same read still finds it.
+                self.queue.queued += 1;
+                self.start_queued();
+            }
+            Command::List => self.list(),
+            Command::Help => self.say(console::HELP),
+            Command::Quit => self.begin_shutdown("console".to_string()),
+            Command::Kill(target) => match self.find_live(&target) {
+                Some(id) => {
+                    let grace = self.grace_for(self.children[&id].program);
+                    let label = self.children[&id].label.clone();
+                    self.say(&format!("stopping {label}"));
+                    self.stop_child(id, grace);
+                }
+                None => self.say(&format!("no running child '{target}' (l lists them)")),
+            },
+            Command::Restart(_) => self.say("r restarts programs in run mode; here, press Enter to spawn"),
+            Command::Unknown(text) => self.say(&format!("unknown command '{text}' (h for help)")),
+        }
+    }
+
+    fn find_live(&self, target: &str) -> Option<u64> {
+        let pid: Option<i32> = target.parse().ok();
+        self.children
+            .values()
+            .filter(|c| c.state.leader_alive())
+            .find(|c| c.label == target || Some(c.pid) == pid)
+            .map(|c| c.id)
+    }
+
+    fn list(&mut self) {
+        let now = Instant::now();
+        let mut rows: Vec<&Child> = self.children.values().filter(|c| c.state.leader_alive()).collect();
+        rows.sort_by_key(|c| c.id);
+        let w = rows.iter().map(|c| c.label.len()).max().unwrap_or(5).max(5);
+        let mut text = format!("{:<w$}  {:>7}  {:<8}  {:>7}  {:>8}  LAST EXIT\n", "LABEL", "PID", "STATE", "UPTIME", "RESTARTS");
+        for c in &rows {
+            text.push_str(&format!(
+                "{:<w$}  {:>7}  {:<8}  {:>7}  {:>8}  -\n",
+                c.label,
+                c.pid,
+                c.state.name(),
+                children::human_duration(c.uptime(now)),
+                c.restarts
+            ));
+        }
+        let s = self.stats;
+        text.push_str(&format!(
+            "{} running; {} spawned, {} succeeded, {} failed, {} spawn_failed, {} stopped\n",
+            rows.len(),
+            s.spawned,
+            s.succeeded,
+            s.failed,
+            s.spawn_failed,
+            s.stopped
+        ));
+        self.say(&text);
+    }
+
+    // ----- the end ---------------------------------------------------------
+
+    fn finish(mut self) -> Outcome {
+        let s = self.stats;
+        log::info!(
+            "summary: spawned {}, succeeded {}, failed {}, spawn_failed {}, stopped {}",
+            s.spawned,
+            s.succeeded,
+            s.failed,
+            s.spawn_failed,
+            s.stopped
+        );
+        self.events.emit(
+            "summary",
+            json!({"spawned": s.spawned, "succeeded": s.succeeded, "failed": s.failed,
+                   "spawn_failed": s.spawn_failed, "stopped": s.stopped}),
+        );
+        let queued = logging::take_queued();
+        self.stderr.push_raw(&queued);
+        self.stdout.flush_blocking();
+        self.stderr.flush_blocking();
+        let code = if s.failed == 0 && s.spawn_failed == 0 { 0 } else { 1 };
+        Outcome { stats: s, code }
+    }
+}
+
+/// Width of the widest label a batch will print, so columns never move.
+pub fn batch_width(name: &str, start: u64, count: Option<u64>) -> usize {
+    let last = start.saturating_add(count.unwrap_or(1).saturating_sub(1));
+    name.len() + 1 + last.to_string().len()
+}
+
+/// Label name for a program path.
+pub fn program_name(spec_program: &std::ffi::OsStr) -> String {
+    basename(spec_program)
+}
