@@ -10,7 +10,11 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::config::parse_duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "brood", version, about = "A process supervisor built directly on fork/exec/waitpid")]
+#[command(
+    name = "brood",
+    version,
+    about = "A process supervisor built directly on fork/exec/waitpid"
+)]
 pub struct Cli {
     /// More messages on stderr (-vv for trace).
     #[arg(short, long, action = ArgAction::Count, global = true)]

@@ -9,7 +9,9 @@ use std::time::Duration;
 /// Parse `100ms`, `5s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -19,7 +21,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("invalid duration '{text}': unknown unit '{unit}' (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration '{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs > 1e9 {
@@ -48,19 +54,6 @@ pub struct ProgramSpec {
     pub stop_timeout: Duration,
     /// Append or substitute the counter (spawn mode).
     pub counter_arg: bool,
-}
-
-/// `brood spawn`, validated.
-#[derive(Clone, Debug)]
-pub struct SpawnConfig {
-    pub program: ProgramSpec,
-    pub count: Option<u64>,
-    pub jobs: Option<usize>,
-    pub start: u64,
-    pub console: bool,
-    pub output: OutputOptions,
-    pub events: Option<PathBuf>,
-    pub pdeathsig: bool,
 }
 
 /// The name a program shows in labels: its basename.

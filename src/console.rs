@@ -125,7 +125,10 @@ mod tests {
 
     #[test]
     fn junk_is_escaped() {
-        assert_eq!(parse(b"\x00\xff\x1b"), Command::Unknown("\\u{0}\u{fffd}\\u{1b}".into()));
+        assert_eq!(
+            parse(b"\x00\xff\x1b"),
+            Command::Unknown("\\u{0}\u{fffd}\\u{1b}".into())
+        );
     }
 
     #[test]
@@ -138,7 +141,10 @@ mod tests {
         r.finish(&mut out);
         assert_eq!(out.len(), 4);
         assert!(matches!(&out[0], Command::Unknown(s) if s.len() < 80));
-        assert_eq!(out[1..], [Command::Quit, Command::List, Command::Unknown("x".into())]);
+        assert_eq!(
+            out[1..],
+            [Command::Quit, Command::List, Command::Unknown("x".into())]
+        );
         assert!(r.buf.capacity() <= MAX_COMMAND * 2);
     }
 }

@@ -8,8 +8,6 @@ pub enum Kind {
     Usage,
     /// Something failed while running: exit 1.
     Runtime,
-    /// `brood ctl` found nobody at the socket: exit 3.
-    NoServer,
 }
 
 #[derive(Debug)]
@@ -20,11 +18,17 @@ pub struct Error {
 
 impl Error {
     pub fn usage(message: String) -> Error {
-        Error { kind: Kind::Usage, message }
+        Error {
+            kind: Kind::Usage,
+            message,
+        }
     }
 
     pub fn runtime(message: String) -> Error {
-        Error { kind: Kind::Runtime, message }
+        Error {
+            kind: Kind::Runtime,
+            message,
+        }
     }
 
     /// A failed system call, with what brood was doing.
@@ -36,7 +40,6 @@ impl Error {
         match self.kind {
             Kind::Usage => 2,
             Kind::Runtime => 1,
-            Kind::NoServer => 3,
         }
     }
 }

@@ -19,7 +19,10 @@ pub struct Events {
 
 impl Events {
     pub fn none() -> Events {
-        Events { file: None, failed: false }
+        Events {
+            file: None,
+            failed: false,
+        }
     }
 
     /// Open (append, create 0600, never through a symlink).
@@ -31,11 +34,10 @@ impl Events {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::usage(format!("cannot open events file '{}': {e}", path.display())))?;
-        Ok(Events { file: Some(file), failed: false })
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.file.is_some()
+        Ok(Events {
+            file: Some(file),
+            failed: false,
+        })
     }
 
     /// Write `{"ts": ..., "event": kind, ...fields}`.

@@ -45,7 +45,9 @@ fn run(command: Command) -> Result<i32, Error> {
 
 fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
     let mut command = args.command.into_iter();
-    let program = command.next().ok_or_else(|| Error::usage("no program given".into()))?;
+    let program = command
+        .next()
+        .ok_or_else(|| Error::usage("no program given".into()))?;
     let name = config::basename(&program);
     let spec = ProgramSpec {
         name: name.clone(),

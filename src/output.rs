@@ -228,7 +228,11 @@ impl Sink {
                 return;
             }
             if !self.writable {
-                let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLOUT, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: self.fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
                 unsafe { libc::poll(&mut pfd, 1, -1) };
                 self.writable = true;
             }
@@ -297,7 +301,10 @@ mod tests {
 
     #[test]
     fn split_writes_make_whole_lines() {
-        assert_eq!(frame(&[b"he", b"llo\nwor", b"ld\n"]), vec![b"hello".to_vec(), b"world".to_vec()]);
+        assert_eq!(
+            frame(&[b"he", b"llo\nwor", b"ld\n"]),
+            vec![b"hello".to_vec(), b"world".to_vec()]
+        );
     }
 
     #[test]
@@ -315,7 +322,10 @@ mod tests {
         let mut big = vec![b'x'; MAX_LINE * 2 + 10];
         big.push(b'\n');
         let lines = frame(&[&big[..1000], &big[1000..]]);
-        assert_eq!(lines.iter().map(|l| l.len()).collect::<Vec<_>>(), [MAX_LINE, MAX_LINE, 10]);
+        assert_eq!(
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>(),
+            [MAX_LINE, MAX_LINE, 10]
+        );
     }
 
     #[test]

@@ -18,14 +18,6 @@ impl ExitStatus {
         *self == ExitStatus::Code(0)
     }
 
-    /// The shell's convention: the code, or 128 + the signal.
-    pub fn shell_code(&self) -> i32 {
-        match *self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal { signal, .. } => 128 + signal,
-        }
-    }
-
     pub fn describe(&self) -> String {
         match *self {
             ExitStatus::Code(c) => format!("exited with code {c}"),
@@ -67,14 +59,23 @@ pub fn reap_all(mut on_reaped: impl FnMut(Reaped)) {
 
 fn decode(pid: i32, status: libc::c_int) -> Reaped {
     if libc::WIFEXITED(status) {
-        Reaped::Exited { pid, status: ExitStatus::Code(libc::WEXITSTATUS(status)) }
+        Reaped::Exited {
+            pid,
+            status: ExitStatus::Code(libc::WEXITSTATUS(status)),
+        }
     } else if libc::WIFSIGNALED(status) {
         Reaped::Exited {
             pid,
-            status: ExitStatus::Signal { signal: libc::WTERMSIG(status), core: libc::WCOREDUMP(status) },
+            status: ExitStatus::Signal {
+                signal: libc::WTERMSIG(status),
+                core: libc::WCOREDUMP(status),
+            },
         }
     } else if libc::WIFSTOPPED(status) {
-        Reaped::Stopped { pid, signal: libc::WSTOPSIG(status) }
+        Reaped::Stopped {
+            pid,
+            signal: libc::WSTOPSIG(status),
+        }
     } else {
         Reaped::Continued { pid }
     }
@@ -86,19 +87,40 @@ mod tests {
 
     #[test]
     fn decodes_exit_code_and_signal_with_core() {
-        assert_eq!(decode(5, 3 << 8), Reaped::Exited { pid: 5, status: ExitStatus::Code(3) });
+        assert_eq!(
+            decode(5, 3 << 8),
+            Reaped::Exited {
+                pid: 5,
+                status: ExitStatus::Code(3)
+            }
+        );
         assert_eq!(
             decode(5, 11 | 0x80),
-            Reaped::Exited { pid: 5, status: ExitStatus::Signal { signal: 11, core: true } }
+            Reaped::Exited {
+                pid: 5,
+                status: ExitStatus::Signal {
+                    signal: 11,
+                    core: true
+                }
+            }
         );
-        assert_eq!(decode(5, (19 << 8) | 0x7f), Reaped::Stopped { pid: 5, signal: 19 });
+        assert_eq!(
+            decode(5, (19 << 8) | 0x7f),
+            Reaped::Stopped { pid: 5, signal: 19 }
+        );
         assert_eq!(decode(5, 0xffff), Reaped::Continued { pid: 5 });
     }
 
     #[test]
     fn describes_like_a_shell() {
         assert_eq!(ExitStatus::Code(0).describe(), "exited with code 0");
-        assert_eq!(ExitStatus::Signal { signal: 9, core: false }.describe(), "killed by signal SIGKILL");
-        assert_eq!(ExitStatus::Signal { signal: 15, core: false }.shell_code(), 143);
+        assert_eq!(
+            ExitStatus::Signal {
+                signal: 9,
+                core: false
+            }
+            .describe(),
+            "killed by signal SIGKILL"
+        );
     }
 }

@@ -12,9 +12,6 @@ use signal_hook_mio::v1_0::Signals;
 /// The signals the supervisor modes (spawn, run) watch.
 pub const SUPERVISOR_SIGNALS: &[c_int] = &[SIGCHLD, SIGINT, SIGTERM, SIGHUP];
 
-/// The signals `brood init` forwards to its command, besides SIGCHLD.
-pub const FORWARDED_SIGNALS: &[c_int] = &[SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
-
 pub fn register(signals: &[c_int]) -> io::Result<Signals> {
     Signals::new(signals)
 }
@@ -52,6 +49,7 @@ pub fn name(sig: c_int) -> String {
     format!("SIG{sig}")
 }
 
+#[cfg_attr(not(test), allow(dead_code))] // used by run mode's config
 /// Parse `TERM`, `SIGTERM`, `sigterm` or `15`.
 pub fn parse(text: &str) -> Option<c_int> {
     let t = text.trim();
@@ -68,7 +66,11 @@ pub fn parse(text: &str) -> Option<c_int> {
         return Some(sig as c_int);
     }
     if let Some(rest) = full.strip_prefix("SIGRTMIN") {
-        let off: c_int = if rest.is_empty() { 0 } else { rest.strip_prefix('+')?.parse().ok()? };
+        let off: c_int = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('+')?.parse().ok()?
+        };
         let sig = libc::SIGRTMIN() + off;
         return (sig <= libc::SIGRTMAX()).then_some(sig);
     }

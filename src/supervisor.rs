@@ -18,7 +18,7 @@ use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::children::{self, Child, Pipe, State, Stream};
-use crate::config::{basename, OutputOptions, ProgramSpec};
+use crate::config::{OutputOptions, ProgramSpec};
 use crate::console::{self, Command, LineReader};
 use crate::error::Error;
 use crate::events::Events;
@@ -48,7 +48,11 @@ fn pipe_token(id: u64, stream: Stream) -> Token {
 
 fn token_pipe(token: Token) -> (u64, Stream) {
     let i = token.0 - FIRST_PIPE;
-    let stream = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+    let stream = if i % 2 == 0 {
+        Stream::Stdout
+    } else {
+        Stream::Stderr
+    };
     ((i / 2) as u64, stream)
 }
 
@@ -64,7 +68,11 @@ impl Program {
         let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
         // Validate the arguments once, so a bad one is a usage error up front.
         plan::build_argv(&spec.program, &spec.args, spec.counter_arg.then_some(1))?;
-        Ok(Program { name: spec.name.clone(), spec, image })
+        Ok(Program {
+            name: spec.name.clone(),
+            spec,
+            image,
+        })
     }
 }
 
@@ -108,7 +116,6 @@ pub struct Options {
 }
 
 pub struct Outcome {
-    pub stats: Stats,
     pub code: i32,
 }
 
@@ -162,12 +169,21 @@ impl Supervisor {
             if sink.pollable() {
                 let fd = sink.raw_fd();
                 // Failure here only costs the early notice of a closed reader.
-                let _ = poll.registry().register(&mut SourceFd(&fd), token, Interest::WRITABLE);
+                let _ = poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::WRITABLE);
             }
         }
         let console = if opts.console {
-            let pollable = poll.registry().register(&mut SourceFd(&0), STDIN, Interest::READABLE).is_ok();
-            Some(ConsoleIn { reader: LineReader::default(), pollable, open: true })
+            let pollable = poll
+                .registry()
+                .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
+                .is_ok();
+            Some(ConsoleIn {
+                reader: LineReader::default(),
+                pollable,
+                open: true,
+            })
         } else {
             None
         };
@@ -269,7 +285,11 @@ impl Supervisor {
                 return;
             }
         };
-        let stdio = if self.opts.output.inherit { Stdio::Inherit } else { Stdio::Capture };
+        let stdio = if self.opts.output.inherit {
+            Stdio::Inherit
+        } else {
+            Stdio::Capture
+        };
         match spawn::spawn(&self.ctx, &prog.image, &argv, stdio) {
             Ok(spawned) => {
                 let pid = spawned.pid.as_raw();
@@ -280,15 +300,25 @@ impl Supervisor {
                     if let Some(fd) = fd {
                         let raw = fd.as_raw_fd();
                         let token = pipe_token(id, stream);
-                        if let Err(e) = self.poll.registry().register(&mut SourceFd(&raw), token, Interest::READABLE) {
+                        if let Err(e) =
+                            self.poll
+                                .registry()
+                                .register(&mut SourceFd(&raw), token, Interest::READABLE)
+                        {
                             log::error!("cannot watch the output of {label}: {e}");
                         }
-                        pipes[stream as usize] = Some(Pipe { fd, framer: Default::default() });
+                        pipes[stream as usize] = Some(Pipe {
+                            fd,
+                            framer: Default::default(),
+                        });
                     }
                 }
                 self.stats.spawned += 1;
                 log::info!("spawned {label} pid {pid}");
-                self.events.emit("spawn", json!({"label": label, "name": prog.name, "n": n, "pid": pid}));
+                self.events.emit(
+                    "spawn",
+                    json!({"label": label, "name": prog.name, "n": n, "pid": pid}),
+                );
                 self.children.insert(
                     id,
                     Child {
@@ -394,7 +424,9 @@ impl Supervisor {
             log::debug!("reaped pid {pid}, not one of ours");
             return;
         };
-        let Some(child) = self.children.get_mut(&id) else { return };
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
         child.state = State::Exited(status);
         child.kill_at = None;
         self.alive -= 1;
@@ -431,7 +463,9 @@ impl Supervisor {
 
     /// Send a child's group its stop signal; SIGKILL follows after `grace`.
     fn stop_child(&mut self, id: u64, grace: Duration) {
-        let Some(child) = self.children.get_mut(&id) else { return };
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
         if !child.state.leader_alive() || child.state == State::Stopping {
             return;
         }
@@ -443,8 +477,16 @@ impl Supervisor {
         children::signal_group(child.pid, sig);
         // A stopped (SIGSTOP) group would never act on SIGTERM.
         children::signal_group(child.pid, SIGCONT);
-        log::debug!("sent {} to {} (pgid {})", signals::name(sig), child.label, child.pid);
-        self.events.emit("signal", json!({"label": child.label, "pid": child.pid, "signal": signals::name(sig)}));
+        log::debug!(
+            "sent {} to {} (pgid {})",
+            signals::name(sig),
+            child.label,
+            child.pid
+        );
+        self.events.emit(
+            "signal",
+            json!({"label": child.label, "pid": child.pid, "signal": signals::name(sig)}),
+        );
     }
 
     fn begin_shutdown(&mut self, reason: String) {
@@ -469,10 +511,17 @@ impl Supervisor {
         for (pgid, label) in lingering {
             if children::signal_group(pgid, SIGTERM) {
                 children::signal_group(pgid, SIGCONT);
-                self.events.emit("signal", json!({"label": label, "pid": pgid, "signal": "SIGTERM"}));
+                self.events.emit(
+                    "signal",
+                    json!({"label": label, "pid": pgid, "signal": "SIGTERM"}),
+                );
             }
         }
-        self.shutdown = Some(Shutdown { kill_at: now + longest, escalated: false, drain_until: None });
+        self.shutdown = Some(Shutdown {
+            kill_at: now + longest,
+            escalated: false,
+            drain_until: None,
+        });
         if let Some(c) = self.console.as_mut() {
             if c.open && c.pollable {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&0));
@@ -508,7 +557,10 @@ impl Supervisor {
     fn kill_group(&mut self, pgid: i32, label: &str) {
         if children::signal_group(pgid, SIGKILL) {
             log::info!("{label} pid {pgid} did not stop in time: sent SIGKILL");
-            self.events.emit("signal", json!({"label": label, "pid": pgid, "signal": "SIGKILL"}));
+            self.events.emit(
+                "signal",
+                json!({"label": label, "pid": pgid, "signal": "SIGKILL"}),
+            );
         }
     }
 
@@ -525,7 +577,11 @@ impl Supervisor {
             }
             self.kill_group(pgid, &label);
         }
-        if self.shutdown.as_ref().is_some_and(|sd| !sd.escalated && sd.kill_at <= now) {
+        if self
+            .shutdown
+            .as_ref()
+            .is_some_and(|sd| !sd.escalated && sd.kill_at <= now)
+        {
             self.escalate();
         }
     }
@@ -563,7 +619,9 @@ impl Supervisor {
     }
 
     fn finished(&mut self) -> bool {
-        let Some(sd) = self.shutdown.as_ref() else { return false };
+        let Some(sd) = self.shutdown.as_ref() else {
+            return false;
+        };
         if self.alive > 0 || !self.doomed.is_empty() {
             return false;
         }
@@ -586,7 +644,8 @@ impl Supervisor {
                 return false;
             }
         }
-        self.stdout.pending() == 0 && self.stderr.pending() == 0 || self.stdout.closed && self.stderr.pending() == 0
+        self.stdout.pending() == 0 && self.stderr.pending() == 0
+            || self.stdout.closed && self.stderr.pending() == 0
     }
 
     /// Read what is left in every pipe whose sink has room, then close it.
@@ -600,7 +659,11 @@ impl Supervisor {
                     all = false;
                     continue;
                 }
-                while self.children.get(&id).is_some_and(|c| c.pipes[stream as usize].is_some()) {
+                while self
+                    .children
+                    .get(&id)
+                    .is_some_and(|c| c.pipes[stream as usize].is_some())
+                {
                     if !self.read_pipe(id, stream) {
                         self.close_pipe(id, stream);
                     }
@@ -632,9 +695,15 @@ impl Supervisor {
         let mut budget = READ_BUDGET;
         let mut blocked = Vec::new();
         while budget > 0 {
-            let Some(token) = self.ready.pop_front() else { break };
+            let Some(token) = self.ready.pop_front() else {
+                break;
+            };
             let (id, stream) = token_pipe(token);
-            if !self.children.get(&id).is_some_and(|c| c.pipes[stream as usize].is_some()) {
+            if self
+                .children
+                .get(&id)
+                .is_none_or(|c| c.pipes[stream as usize].is_none())
+            {
                 continue;
             }
             if !self.sink(stream).has_room() {
@@ -670,10 +739,20 @@ impl Supervisor {
     /// One read from a pipe. True if it may have more; false at EAGAIN or
     /// after EOF (which closes the pipe).
     fn read_pipe(&mut self, id: u64, stream: Stream) -> bool {
-        let Some(child) = self.children.get_mut(&id) else { return false };
-        let Some(pipe) = child.pipes[stream as usize].as_mut() else { return false };
+        let Some(child) = self.children.get_mut(&id) else {
+            return false;
+        };
+        let Some(pipe) = child.pipes[stream as usize].as_mut() else {
+            return false;
+        };
         let n = loop {
-            let rc = unsafe { libc::read(pipe.fd.as_raw_fd(), self.scratch.as_mut_ptr().cast(), self.scratch.len()) };
+            let rc = unsafe {
+                libc::read(
+                    pipe.fd.as_raw_fd(),
+                    self.scratch.as_mut_ptr().cast(),
+                    self.scratch.len(),
+                )
+            };
             if rc < 0 {
                 match nix::errno::Errno::last() {
                     nix::errno::Errno::EINTR => continue,
@@ -713,7 +792,9 @@ impl Supervisor {
     }
 
     fn close_pipe(&mut self, id: u64, stream: Stream) {
-        let Some(child) = self.children.get_mut(&id) else { return };
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
         if let Some(pipe) = child.pipes[stream as usize].take() {
             let raw: RawFd = pipe.fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
@@ -737,7 +818,9 @@ impl Supervisor {
     // ----- console ---------------------------------------------------------
 
     fn read_console(&mut self) {
-        let Some(console) = self.console.as_mut() else { return };
+        let Some(console) = self.console.as_mut() else {
+            return;
+        };
         if !console.open {
             return;
         }
@@ -767,7 +850,11 @@ impl Supervisor {
                 // loop responsive.
                 break;
             }
-            let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
                 break;
             }
@@ -827,10 +914,17 @@ impl Supervisor {
 
     fn list(&mut self) {
         let now = Instant::now();
-        let mut rows: Vec<&Child> = self.children.values().filter(|c| c.state.leader_alive()).collect();
+        let mut rows: Vec<&Child> = self
+            .children
+            .values()
+            .filter(|c| c.state.leader_alive())
+            .collect();
         rows.sort_by_key(|c| c.id);
         let w = rows.iter().map(|c| c.label.len()).max().unwrap_or(5).max(5);
-        let mut text = format!("{:<w$}  {:>7}  {:<8}  {:>7}  {:>8}  LAST EXIT\n", "LABEL", "PID", "STATE", "UPTIME", "RESTARTS");
+        let mut text = format!(
+            "{:<w$}  {:>7}  {:<8}  {:>7}  {:>8}  LAST EXIT\n",
+            "LABEL", "PID", "STATE", "UPTIME", "RESTARTS"
+        );
         for c in &rows {
             text.push_str(&format!(
                 "{:<w$}  {:>7}  {:<8}  {:>7}  {:>8}  -\n",
@@ -875,8 +969,12 @@ impl Supervisor {
         self.stderr.push_raw(&queued);
         self.stdout.flush_blocking();
         self.stderr.flush_blocking();
-        let code = if s.failed == 0 && s.spawn_failed == 0 { 0 } else { 1 };
-        Outcome { stats: s, code }
+        let code = if s.failed == 0 && s.spawn_failed == 0 {
+            0
+        } else {
+            1
+        };
+        Outcome { code }
     }
 }
 
@@ -884,9 +982,4 @@ impl Supervisor {
 pub fn batch_width(name: &str, start: u64, count: Option<u64>) -> usize {
     let last = start.saturating_add(count.unwrap_or(1).saturating_sub(1));
     name.len() + 1 + last.to_string().len()
-}
-
-/// Label name for a program path.
-pub fn program_name(spec_program: &std::ffi::OsStr) -> String {
-    basename(spec_program)
 }

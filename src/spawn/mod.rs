@@ -8,7 +8,7 @@
 pub mod child;
 pub mod plan;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -100,7 +100,9 @@ impl SpawnError {
         let reason = std::io::Error::from_raw_os_error(self.errno() as i32);
         match self {
             SpawnError::Fork(_) => format!("cannot fork for '{prog}': {reason}"),
-            SpawnError::Exec { stage: Stage::Chdir, .. } => {
+            SpawnError::Exec {
+                stage: Stage::Chdir, ..
+            } => {
                 let dir = image
                     .cwd
                     .as_ref()
@@ -108,7 +110,9 @@ impl SpawnError {
                     .unwrap_or_default();
                 format!("cannot exec '{prog}': cannot enter directory '{dir}': {reason}")
             }
-            SpawnError::Exec { stage: Stage::Setup, .. } => {
+            SpawnError::Exec {
+                stage: Stage::Setup, ..
+            } => {
                 format!("cannot exec '{prog}': child setup failed: {reason}")
             }
             SpawnError::Exec { .. } => format!("cannot exec '{prog}': {reason}"),
@@ -131,12 +135,7 @@ fn set_nonblocking(fd: RawFd) {
 }
 
 /// Fork one child and exec `image` with `argv` in it.
-pub fn spawn(
-    ctx: &SpawnContext,
-    image: &Image,
-    argv: &CArray,
-    stdio: Stdio,
-) -> Result<Spawned, SpawnError> {
+pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> Result<Spawned, SpawnError> {
     let (out, err) = match stdio {
         Stdio::Capture => (
             Some(pipe_cloexec().map_err(SpawnError::Fork)?),
@@ -243,12 +242,4 @@ pub fn ensure_std_fds() {
             }
         }
     }
-}
-
-/// Wrap a raw fd brood owns.
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else.
-pub unsafe fn owned(fd: RawFd) -> OwnedFd {
-    OwnedFd::from_raw_fd(fd)
 }

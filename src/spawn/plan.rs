@@ -37,6 +37,7 @@ impl CArray {
         &self.ptrs[..self.strings.len()]
     }
 
+    #[cfg(test)]
     pub fn strings(&self) -> &[CString] {
         &self.strings
     }
@@ -59,11 +60,7 @@ pub struct Image {
 impl Image {
     /// Resolve `program` against PATH (as execvp would) and build the
     /// environment: brood's own, with `env` laid over it.
-    pub fn new(
-        program: &OsStr,
-        env: &[(OsString, OsString)],
-        cwd: Option<&Path>,
-    ) -> Result<Image, Error> {
+    pub fn new(program: &OsStr, env: &[(OsString, OsString)], cwd: Option<&Path>) -> Result<Image, Error> {
         if program.is_empty() {
             return Err(Error::usage("the program name is empty".to_string()));
         }
@@ -74,10 +71,7 @@ impl Image {
                 None => vars.push((k.clone(), v.clone())),
             }
         }
-        let path_var = vars
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
+        let path_var = vars.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
         let mut envp = Vec::with_capacity(vars.len());
         for (k, v) in &vars {
             let mut entry = k.clone().into_vec();
@@ -106,11 +100,7 @@ impl Image {
 /// The candidates execve tries. With a slash, the program itself. Without,
 /// each PATH entry; when one of them is an executable file, only that one,
 /// so a spawn costs one execve, not one per PATH entry.
-fn search_path(
-    program: &OsStr,
-    path_var: Option<&OsStr>,
-    cwd: Option<&Path>,
-) -> Result<Vec<CString>, Error> {
+fn search_path(program: &OsStr, path_var: Option<&OsStr>, cwd: Option<&Path>) -> Result<Vec<CString>, Error> {
     let bytes = program.as_bytes();
     if bytes.contains(&b'/') {
         return Ok(vec![cstring(bytes, "the program name")?]);
@@ -190,7 +180,10 @@ mod tests {
     use super::*;
 
     fn strs(a: &CArray) -> Vec<String> {
-        a.strings().iter().map(|s| s.to_string_lossy().into_owned()).collect()
+        a.strings()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
