@@ -159,6 +159,12 @@ impl Supervisor {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Error::io("cannot watch signals", e))?;
+        // Grandchildren orphaned by a child re-parent to brood, not to init:
+        // brood reaps them (init may not, in a container) and a group then
+        // empties when its last member dies, not when some init gets to it.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            log::debug!("cannot become a child subreaper: {}", io::Error::last_os_error());
+        }
         let reset = signals::non_default_dispositions();
         let pdeathsig = opts.pdeathsig.then_some(SIGTERM);
         let ctx = SpawnContext::new(reset, pdeathsig).map_err(|e| Error::io("cannot open /dev/null", e))?;
