@@ -1,0 +1,222 @@
+//! Validated settings: what to run, how to stop it, how to show its output.
+//! The clap structs in `cli` hold raw input; this module turns them into
+//! domain types or a clear error.
+
+mod dotenv;
+mod procfile;
+mod toml_file;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Error;
+
+pub use dotenv::load_env_file;
+
+/// Parse `100ms`, `5s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{text}' (use e.g. 500ms, 5s, 2m)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration '{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("invalid duration '{text}': too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How brood shows children's output.
+#[derive(Clone, Debug)]
+pub struct OutputOptions {
+    pub inherit: bool,
+    pub prefix: bool,
+    pub timestamps: bool,
+}
+
+/// One program to run: argv and environment, and how to stop it.
+#[derive(Clone, Debug)]
+pub struct ProgramSpec {
+    pub name: String,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+    /// Append or substitute the counter (spawn mode).
+    pub counter_arg: bool,
+}
+
+/// When an instance is started again after it exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// One program of a `brood run` config, validated.
+#[derive(Clone, Debug)]
+pub struct RunProgram {
+    pub spec: ProgramSpec,
+    pub numprocs: u32,
+    pub restart: RestartPolicy,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+/// A loaded config file: its programs, in file order.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub path: PathBuf,
+    pub programs: Vec<RunProgram>,
+}
+
+/// Defaults shared by both formats.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_RESTARTS: u32 = 10;
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Which file `brood run` reads: `-f FILE`, else `brood.toml`, else
+/// `Procfile`, in the current directory.
+pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    for name in ["brood.toml", "Procfile"] {
+        let p = PathBuf::from(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(Error::usage(
+        "no brood.toml or Procfile in this directory (use -f FILE)".to_string(),
+    ))
+}
+
+/// Load and validate a config: TOML when the name ends in `.toml`, a
+/// Procfile otherwise. `extra_env` files are laid over the program
+/// environments (after a Procfile's own `.env`).
+pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, Error> {
+    let text = std::fs::read(path)
+        .map_err(|e| Error::usage(format!("cannot read '{}': {e}", path.display())))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    let mut programs = if is_toml {
+        toml_file::parse(&text, path, &dir)?
+    } else {
+        procfile::parse(&text, path, &dir)?
+    };
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    if !is_toml {
+        let dotenv = dir.join(".env");
+        if dotenv.exists() {
+            env.extend(load_env_file(&dotenv)?);
+        }
+    }
+    for file in extra_env {
+        env.extend(load_env_file(file)?);
+    }
+    for p in &mut programs {
+        // The program's own env wins over the files.
+        let own = std::mem::take(&mut p.spec.env);
+        p.spec.env = env.clone();
+        p.spec.env.extend(own);
+    }
+    Ok(RunConfig { path: path.to_path_buf(), programs })
+}
+
+/// `file:line:col: message` for a byte offset into `text`.
+pub fn located(path: &Path, text: &str, offset: usize, message: &str) -> Error {
+    let (line, col) = line_col(text, offset);
+    Error::usage(format!("{}:{line}:{col}: {message}", path.display()))
+}
+
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    (line, col)
+}
+
+/// A program name usable in labels, unit names and the console.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The name a program shows in labels: its basename.
+pub fn basename(program: &std::ffi::OsStr) -> String {
+    let path = std::path::Path::new(program);
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn basename_of_paths() {
+        assert_eq!(basename("./child-scripts/hello".as_ref()), "hello");
+        assert_eq!(basename("true".as_ref()), "true");
+    }
+}

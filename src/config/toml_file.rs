@@ -1,0 +1,281 @@
+//! `brood.toml`: `[program.NAME]` tables, read with serde. Unknown keys are
+//! errors (a typo must not be silently ignored); every error names the file,
+//! line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{located, parse_duration, valid_name, ProgramSpec, RestartPolicy, RunProgram};
+use crate::error::Error;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    program: BTreeMap<String, Spanned<Program>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Program {
+    command: Option<Spanned<Vec<String>>>,
+    shell: Option<Spanned<String>>,
+    numprocs: Option<Spanned<i64>>,
+    restart: Option<Spanned<String>>,
+    backoff: Option<Backoff>,
+    max_restarts: Option<Spanned<i64>>,
+    restart_window: Option<Spanned<DurationValue>>,
+    stop_signal: Option<Spanned<SignalValue>>,
+    stop_timeout: Option<Spanned<DurationValue>>,
+    cwd: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<EnvValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Backoff {
+    initial: Option<Spanned<DurationValue>>,
+    max: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Text(String),
+    Seconds(f64),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SignalValue {
+    Name(String),
+    Number(i64),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EnvValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Error> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        located(path, text, offset, e.message().trim())
+    })?;
+    let err = |offset: usize, msg: &str| located(path, text, offset, msg);
+    let mut programs = Vec::new();
+    for (name, table) in file.program {
+        let start = table.span().start;
+        if !valid_name(&name) {
+            return Err(err(start, &format!("invalid program name '{name}' (letters, digits, '-' and '_')")));
+        }
+        let prog = table.into_inner();
+        let (program, args) = match (prog.command, prog.shell) {
+            (Some(_), Some(s)) => {
+                return Err(err(s.span().start, &format!("program '{name}': give command or shell, not both")))
+            }
+            (None, None) => {
+                return Err(err(start, &format!("program '{name}' needs command = [...] or shell = \"...\"")))
+            }
+            (Some(c), None) => {
+                let span = c.span().start;
+                let mut argv = c.into_inner().into_iter();
+                let Some(first) = argv.next().filter(|s| !s.is_empty()) else {
+                    return Err(err(span, &format!("program '{name}': command is empty")));
+                };
+                (first.into(), argv.map(Into::into).collect())
+            }
+            (None, Some(s)) => {
+                if s.get_ref().trim().is_empty() {
+                    return Err(err(s.span().start, &format!("program '{name}': shell is empty")));
+                }
+                ("/bin/sh".into(), vec!["-c".into(), s.into_inner().into()])
+            }
+        };
+        let numprocs = match prog.numprocs {
+            None => 1,
+            Some(n) if (1..=10_000).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => return Err(err(n.span().start, "numprocs must be between 1 and 10000")),
+        };
+        let restart = match prog.restart {
+            None => RestartPolicy::OnFailure,
+            Some(r) => match r.get_ref().as_str() {
+                "always" => RestartPolicy::Always,
+                "on-failure" => RestartPolicy::OnFailure,
+                "never" => RestartPolicy::Never,
+                other => {
+                    return Err(err(
+                        r.span().start,
+                        &format!("unknown restart policy '{other}' (always, on-failure or never)"),
+                    ))
+                }
+            },
+        };
+        let duration = |v: Option<Spanned<DurationValue>>, what: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => {
+                let at = v.span().start;
+                let parsed = match v.into_inner() {
+                    DurationValue::Text(t) => parse_duration(&t),
+                    DurationValue::Seconds(s) if s >= 0.0 && s.is_finite() && s < 1e9 => {
+                        Ok(Duration::from_secs_f64(s))
+                    }
+                    DurationValue::Seconds(s) => Err(format!("invalid duration {s}")),
+                };
+                parsed.map_err(|m| err(at, &format!("{what}: {m}")))
+            }
+        };
+        let (initial, max) = match prog.backoff {
+            Some(b) => (b.initial, b.max),
+            None => (None, None),
+        };
+        let backoff_initial = duration(initial, "backoff.initial", super::DEFAULT_BACKOFF_INITIAL)?;
+        let backoff_max = duration(max, "backoff.max", super::DEFAULT_BACKOFF_MAX)?;
+        let restart_window = duration(prog.restart_window, "restart_window", super::DEFAULT_RESTART_WINDOW)?;
+        let stop_timeout = duration(prog.stop_timeout, "stop_timeout", super::DEFAULT_STOP_TIMEOUT)?;
+        let max_restarts = match prog.max_restarts {
+            None => super::DEFAULT_MAX_RESTARTS,
+            Some(n) if (0..=1_000_000).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => return Err(err(n.span().start, "max_restarts must be 0 or more")),
+        };
+        let stop_signal = match prog.stop_signal {
+            None => libc::SIGTERM,
+            Some(s) => {
+                let at = s.span().start;
+                let parsed = match s.get_ref() {
+                    SignalValue::Name(n) => crate::signals::parse(n),
+                    SignalValue::Number(n) => i32::try_from(*n).ok().and_then(|n| crate::signals::parse(&n.to_string())),
+                };
+                let shown = match s.into_inner() {
+                    SignalValue::Name(n) => n,
+                    SignalValue::Number(n) => n.to_string(),
+                };
+                parsed.ok_or_else(|| err(at, &format!("unknown signal '{shown}'")))?
+            }
+        };
+        let cwd = match prog.cwd {
+            None => dir.to_path_buf(),
+            Some(c) => {
+                let p = PathBuf::from(c.get_ref());
+                if p.is_absolute() {
+                    p
+                } else {
+                    dir.join(p)
+                }
+            }
+        };
+        let mut env = Vec::new();
+        for (k, v) in prog.env {
+            let value = match v.into_inner() {
+                EnvValue::Text(s) => s,
+                EnvValue::Integer(i) => i.to_string(),
+                EnvValue::Float(f) => f.to_string(),
+                EnvValue::Bool(b) => b.to_string(),
+            };
+            env.push((k.into(), value.into()));
+        }
+        programs.push((
+            start,
+            RunProgram {
+                spec: ProgramSpec {
+                    name,
+                    program,
+                    args,
+                    env,
+                    cwd: Some(cwd),
+                    stop_signal,
+                    stop_timeout,
+                    counter_arg: false,
+                },
+                numprocs,
+                restart,
+                backoff_initial,
+                backoff_max,
+                max_restarts,
+                restart_window,
+            },
+        ));
+    }
+    if programs.is_empty() {
+        return Err(Error::usage(format!("{}: no [program.NAME] tables", path.display())));
+    }
+    // File order, not name order.
+    programs.sort_by_key(|(start, _)| *start);
+    Ok(programs.into_iter().map(|(_, p)| p).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Vec<RunProgram>, Error> {
+        parse(text, Path::new("brood.toml"), Path::new("/srv"))
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let got = p(r#"
+[program.web]
+command = ["python3", "-m", "http.server", "8000"]
+numprocs = 2
+restart = "always"
+backoff = { initial = "200ms", max = "3s" }
+max_restarts = 4
+restart_window = "10s"
+stop_signal = "INT"
+stop_timeout = 2
+cwd = "app"
+env = { PORT = 8000, DEBUG = true }
+
+[program.aworker]
+shell = "echo $HOME"
+"#)
+        .unwrap();
+        assert_eq!(got[0].spec.name, "web", "file order kept");
+        let web = &got[0];
+        assert_eq!(web.numprocs, 2);
+        assert_eq!(web.restart, RestartPolicy::Always);
+        assert_eq!(web.backoff_initial, Duration::from_millis(200));
+        assert_eq!(web.backoff_max, Duration::from_secs(3));
+        assert_eq!(web.max_restarts, 4);
+        assert_eq!(web.spec.stop_signal, libc::SIGINT);
+        assert_eq!(web.spec.stop_timeout, Duration::from_secs(2));
+        assert_eq!(web.spec.cwd.as_deref(), Some(Path::new("/srv/app")));
+        assert!(web.spec.env.contains(&("PORT".into(), "8000".into())));
+        assert_eq!(got[1].spec.args, ["-c", "echo $HOME"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_position() {
+        let e = p("[program.web]\ncommand = [\"x\"]\nrestat = \"always\"\n").unwrap_err().message;
+        assert!(e.starts_with("brood.toml:3:1: unknown field `restat`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_positions() {
+        let cases = [
+            ("[program.a]\ncommand=[\"x\"]\nnumprocs = 0\n", "brood.toml:3:12: numprocs"),
+            ("[program.a]\ncommand=[\"x\"]\nstop_signal = \"NOPE\"\n", "brood.toml:3:15: unknown signal 'NOPE'"),
+            ("[program.a]\ncommand=[\"x\"]\nstop_timeout = \"-1s\"\n", "brood.toml:3:16: stop_timeout"),
+            ("[program.a]\ncommand=[\"x\"]\nstop_timeout = -1\n", "brood.toml:3:16: stop_timeout"),
+            ("[program.a]\ncommand=[\"x\"]\nrestart = \"sometimes\"\n", "brood.toml:3:11: unknown restart"),
+            ("[program.a]\nnumprocs = 1\n", "brood.toml:1:1: program 'a' needs"),
+            ("[program.a]\ncommand=[]\n", "brood.toml:2:9: program 'a': command is empty"),
+            ("[program.a]\ncommand=[\"x\"]\n[program.a]\ncommand=[\"y\"]\n", "brood.toml:3:"),
+            ("", "brood.toml: no [program.NAME] tables"),
+        ];
+        for (text, want) in cases {
+            let e = p(text).unwrap_err().message;
+            assert!(e.starts_with(want), "{text:?}: got {e}");
+        }
+    }
+}
