@@ -845,8 +845,9 @@ impl PtySession {
         }
     }
 
-    /// Waits (under the watchdog) for brood to exit.
-    pub fn finish(mut self) -> (ExitStatus, String) {
+    /// Waits (under the watchdog) for brood to exit; returns its status,
+    /// the terminal output and the events.
+    pub fn finish(mut self) -> (ExitStatus, String, Vec<Value>) {
         let mut child = self.child.take().expect("finished twice");
         let status = wait_with_watchdog(&mut child, self.pid, self.started);
         if status.is_none() {
@@ -861,7 +862,7 @@ impl PtySession {
                 truncate(&self.output())
             );
         };
-        (status, self.output())
+        (status, self.output(), self.events())
     }
 }
 
