@@ -61,7 +61,8 @@ pub struct Child {
     /// failure.
     pub stop_requested: bool,
     pub kill_at: Option<Instant>,
-    pub restarts: u32,
+    /// The run-mode instance this child is a run of.
+    pub slot: Option<usize>,
 }
 
 impl Child {

@@ -30,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Fork and exec PROG once per request, with a counter argument.
     Spawn(SpawnArgs),
+    /// Supervise the programs of a brood.toml or Procfile.
+    Run(RunArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,4 +75,22 @@ pub struct SpawnArgs {
     /// The program and its arguments; the counter is appended, or replaces `{n}`.
     #[arg(required = true, trailing_var_arg = true, value_name = "PROG [ARGS]...")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Config file (default: brood.toml, else Procfile, in this directory).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Load environment variables from FILE (may repeat).
+    #[arg(short = 'e', long = "env", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Read console commands from stdin even when it is not a terminal.
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Start only these programs (default: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
 }

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod logging;
 mod output;
+mod policy;
 mod reaper;
 mod signals;
 mod spawn;
@@ -15,11 +16,12 @@ mod supervisor;
 
 use clap::Parser;
 
-use cli::{Cli, Command, SpawnArgs};
+use cli::{Cli, Command, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
 use error::Error;
 use events::Events;
-use supervisor::{Options, Program, SpawnQueue, Supervisor};
+use policy::{Policy, Slot};
+use supervisor::{Mode, Options, Program, RunState, SpawnQueue, Supervisor};
 
 fn main() {
     let cli = Cli::parse();
@@ -40,6 +42,7 @@ fn main() {
 fn run(command: Command) -> Result<i32, Error> {
     match command {
         Command::Spawn(args) => run_spawn(args),
+        Command::Run(args) => run_run(args),
     }
 }
 
@@ -65,18 +68,8 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
         None => Events::none(),
     };
     let batch = args.count.is_some();
-    let stdin_is_foreground_tty = output::is_terminal(0) && unsafe { libc::tcgetpgrp(0) == libc::getpgrp() };
-    let console = !batch || args.interactive || stdin_is_foreground_tty;
-    let opts = Options {
-        output: OutputOptions {
-            inherit: args.output.inherit,
-            prefix: !args.output.no_prefix,
-            timestamps: args.output.timestamps,
-        },
-        console,
-        grace: args.grace,
-        pdeathsig: !args.output.no_pdeathsig,
-    };
+    let console = !batch || args.interactive || stdin_is_foreground_tty();
+    let opts = options(&args.output, console, args.grace);
     let queue = SpawnQueue {
         queued: args.count.unwrap_or(0),
         next_n: args.start,
@@ -84,6 +77,66 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
         batch,
     };
     let width = supervisor::batch_width(&name, args.start, args.count);
-    let outcome = Supervisor::new(vec![program], opts, queue, events, width)?.run();
+    let outcome = Supervisor::new(vec![program], opts, Mode::Spawn(queue), events, width)?.run();
+    Ok(outcome.code)
+}
+
+/// The console reads a terminal only when brood is in its foreground: a
+/// background brood reading it would be stopped by SIGTTIN.
+fn stdin_is_foreground_tty() -> bool {
+    output::is_terminal(0) && unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+fn options(args: &OutputArgs, console: bool, grace: std::time::Duration) -> Options {
+    Options {
+        output: OutputOptions {
+            inherit: args.inherit,
+            prefix: !args.no_prefix,
+            timestamps: args.timestamps,
+        },
+        console,
+        grace,
+        pdeathsig: !args.no_pdeathsig,
+    }
+}
+
+fn run_run(args: RunArgs) -> Result<i32, Error> {
+    let path = config::find_config(args.file.as_deref())?;
+    let mut config = config::load_run_config(&path, &args.env_files)?;
+    if !args.names.is_empty() {
+        for name in &args.names {
+            if !config.programs.iter().any(|p| &p.spec.name == name) {
+                let known: Vec<&str> = config.programs.iter().map(|p| p.spec.name.as_str()).collect();
+                return Err(Error::usage(format!(
+                    "no program '{name}' in {} (it has: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
+            }
+        }
+        config.programs.retain(|p| args.names.contains(&p.spec.name));
+    }
+    let events = match &args.output.events {
+        Some(path) => Events::open(path)?,
+        None => Events::none(),
+    };
+    let mut programs = Vec::new();
+    let mut policies = Vec::new();
+    let mut slots = Vec::new();
+    let mut width = 0;
+    let mut grace = std::time::Duration::ZERO;
+    for (index, p) in config.programs.iter().enumerate() {
+        for instance in 1..=u64::from(p.numprocs) {
+            slots.push(Slot::new(index, instance, format!("{}.{instance}", p.spec.name)));
+        }
+        width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
+        grace = grace.max(p.spec.stop_timeout);
+        policies.push(Policy::of(p));
+        programs.push(Program::new(p.spec.clone())?);
+    }
+    let console = args.interactive || stdin_is_foreground_tty();
+    let opts = options(&args.output, console, grace);
+    let mode = Mode::Run(RunState::new(policies, slots));
+    let outcome = Supervisor::new(programs, opts, mode, events, width)?.run();
     Ok(outcome.code)
 }

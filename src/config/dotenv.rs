@@ -46,7 +46,9 @@ fn unquote(v: &str) -> Result<String, String> {
             .ok_or_else(|| "unterminated single quote".to_string());
     }
     if let Some(rest) = v.strip_prefix('"') {
-        let body = rest.strip_suffix('"').ok_or_else(|| "unterminated double quote".to_string())?;
+        let body = rest
+            .strip_suffix('"')
+            .ok_or_else(|| "unterminated double quote".to_string())?;
         let mut out = String::new();
         let mut chars = body.chars();
         while let Some(c) = chars.next() {
@@ -82,7 +84,13 @@ mod tests {
     #[test]
     fn reads_plain_quoted_and_exported_values() {
         let got = kv("# c\nA=1\nexport B = two words # note\nC='x y'\nD=\"a\\nb\"\n\nE=\n");
-        let want = [("A", "1"), ("B", "two words"), ("C", "x y"), ("D", "a\nb"), ("E", "")];
+        let want = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "x y"),
+            ("D", "a\nb"),
+            ("E", ""),
+        ];
         assert_eq!(got, want.map(|(k, v)| (k.to_string(), v.to_string())));
     }
 

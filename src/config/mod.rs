@@ -72,16 +72,6 @@ pub enum RestartPolicy {
     Never,
 }
 
-impl RestartPolicy {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RestartPolicy::Always => "always",
-            RestartPolicy::OnFailure => "on-failure",
-            RestartPolicy::Never => "never",
-        }
-    }
-}
-
 /// One program of a `brood run` config, validated.
 #[derive(Clone, Debug)]
 pub struct RunProgram {
@@ -97,7 +87,6 @@ pub struct RunProgram {
 /// A loaded config file: its programs, in file order.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub path: PathBuf,
     pub programs: Vec<RunProgram>,
 }
 
@@ -129,10 +118,10 @@ pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
 /// Procfile otherwise. `extra_env` files are laid over the program
 /// environments (after a Procfile's own `.env`).
 pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, Error> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::usage(format!("cannot read '{}': {e}", path.display())))?;
-    let text = String::from_utf8(text)
-        .map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
+    let text =
+        std::fs::read(path).map_err(|e| Error::usage(format!("cannot read '{}': {e}", path.display())))?;
+    let text =
+        String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -159,7 +148,10 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
         p.spec.env = env.clone();
         p.spec.env.extend(own);
     }
-    Ok(RunConfig { path: path.to_path_buf(), programs })
+    Ok(RunConfig {
+        path: path.to_path_buf(),
+        programs,
+    })
 }
 
 /// `file:line:col: message` for a byte offset into `text`.
@@ -181,7 +173,9 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// The name a program shows in labels: its basename.

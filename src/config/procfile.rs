@@ -1,5 +1,9 @@
 //! Procfiles, foreman's format: `name: command` per line, `#` comments.
-//! Each command runs as `/bin/sh -c 'exec COMMAND'`.
+//! A simple command runs as `/bin/sh -c 'exec COMMAND'`, so the program
+//! itself is the process brood signals and reaps. A compound one (`a; b`,
+//! `a && b`, a pipeline) runs as `/bin/sh -c 'COMMAND'`: with `exec` only its
+//! first part would ever run. The shell leads the process group either way,
+//! so a stop signal reaches every part.
 
 use std::path::Path;
 
@@ -19,7 +23,12 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         }
         let indent = line.len() - trimmed.len();
         let Some((name, command)) = trimmed.split_once(':') else {
-            return Err(located(path, text, line_start + indent, "expected 'name: command'"));
+            return Err(located(
+                path,
+                text,
+                line_start + indent,
+                "expected 'name: command'",
+            ));
         };
         let name = name.trim_end();
         if !valid_name(name) {
@@ -33,16 +42,26 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         let command = command.trim();
         if command.is_empty() {
             let col = line_start + indent + name.len() + 1;
-            return Err(located(path, text, col, &format!("program '{name}' has no command")));
+            return Err(located(
+                path,
+                text,
+                col,
+                &format!("program '{name}' has no command"),
+            ));
         }
         if programs.iter().any(|p| p.spec.name == name) {
-            return Err(located(path, text, line_start + indent, &format!("duplicate program name '{name}'")));
+            return Err(located(
+                path,
+                text,
+                line_start + indent,
+                &format!("duplicate program name '{name}'"),
+            ));
         }
         programs.push(RunProgram {
             spec: ProgramSpec {
                 name: name.to_string(),
                 program: "/bin/sh".into(),
-                args: vec!["-c".into(), format!("exec {command}").into()],
+                args: vec!["-c".into(), shell_line(command).into()],
                 env: Vec::new(),
                 cwd: Some(dir.to_path_buf()),
                 stop_signal: libc::SIGTERM,
@@ -63,6 +82,20 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
     Ok(programs)
 }
 
+/// `exec COMMAND` for a simple command, the command as it is otherwise.
+fn shell_line(command: &str) -> String {
+    let compound = command.contains([';', '&', '|', '\n'])
+        || command.starts_with(['(', '{', '!'])
+        || ["if", "for", "while", "until", "case"]
+            .iter()
+            .any(|k| command.split_whitespace().next() == Some(k));
+    if compound {
+        command.to_string()
+    } else {
+        format!("exec {command}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,10 +113,28 @@ mod tests {
     }
 
     #[test]
+    fn simple_commands_are_execed_and_compound_ones_are_not() {
+        assert_eq!(shell_line("./web --port $PORT"), "exec ./web --port $PORT");
+        assert_eq!(shell_line("echo a; sleep 1"), "echo a; sleep 1");
+        assert_eq!(shell_line("a && b"), "a && b");
+        assert_eq!(shell_line("yes | head"), "yes | head");
+        assert_eq!(shell_line("while true; do x; done"), "while true; do x; done");
+    }
+
+    #[test]
     fn errors_carry_line_and_column() {
-        assert_eq!(p("web: x\n  nocolon\n").unwrap_err().message, "Procfile:2:3: expected 'name: command'");
-        assert!(p("web: x\nweb: y\n").unwrap_err().message.starts_with("Procfile:2:1: duplicate"));
-        assert!(p("we b: x\n").unwrap_err().message.contains("invalid program name"));
+        assert_eq!(
+            p("web: x\n  nocolon\n").unwrap_err().message,
+            "Procfile:2:3: expected 'name: command'"
+        );
+        assert!(p("web: x\nweb: y\n")
+            .unwrap_err()
+            .message
+            .starts_with("Procfile:2:1: duplicate"));
+        assert!(p("we b: x\n")
+            .unwrap_err()
+            .message
+            .contains("invalid program name"));
         assert!(p("web:\n").unwrap_err().message.contains("no command"));
         assert!(p("# only comments\n").is_err());
     }

@@ -76,15 +76,24 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
     for (name, table) in file.program {
         let start = table.span().start;
         if !valid_name(&name) {
-            return Err(err(start, &format!("invalid program name '{name}' (letters, digits, '-' and '_')")));
+            return Err(err(
+                start,
+                &format!("invalid program name '{name}' (letters, digits, '-' and '_')"),
+            ));
         }
         let prog = table.into_inner();
         let (program, args) = match (prog.command, prog.shell) {
             (Some(_), Some(s)) => {
-                return Err(err(s.span().start, &format!("program '{name}': give command or shell, not both")))
+                return Err(err(
+                    s.span().start,
+                    &format!("program '{name}': give command or shell, not both"),
+                ))
             }
             (None, None) => {
-                return Err(err(start, &format!("program '{name}' needs command = [...] or shell = \"...\"")))
+                return Err(err(
+                    start,
+                    &format!("program '{name}' needs command = [...] or shell = \"...\""),
+                ))
             }
             (Some(c), None) => {
                 let span = c.span().start;
@@ -140,7 +149,11 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         };
         let backoff_initial = duration(initial, "backoff.initial", super::DEFAULT_BACKOFF_INITIAL)?;
         let backoff_max = duration(max, "backoff.max", super::DEFAULT_BACKOFF_MAX)?;
-        let restart_window = duration(prog.restart_window, "restart_window", super::DEFAULT_RESTART_WINDOW)?;
+        let restart_window = duration(
+            prog.restart_window,
+            "restart_window",
+            super::DEFAULT_RESTART_WINDOW,
+        )?;
         let stop_timeout = duration(prog.stop_timeout, "stop_timeout", super::DEFAULT_STOP_TIMEOUT)?;
         let max_restarts = match prog.max_restarts {
             None => super::DEFAULT_MAX_RESTARTS,
@@ -153,7 +166,9 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 let at = s.span().start;
                 let parsed = match s.get_ref() {
                     SignalValue::Name(n) => crate::signals::parse(n),
-                    SignalValue::Number(n) => i32::try_from(*n).ok().and_then(|n| crate::signals::parse(&n.to_string())),
+                    SignalValue::Number(n) => i32::try_from(*n)
+                        .ok()
+                        .and_then(|n| crate::signals::parse(&n.to_string())),
                 };
                 let shown = match s.into_inner() {
                     SignalValue::Name(n) => n,
@@ -206,7 +221,10 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         ));
     }
     if programs.is_empty() {
-        return Err(Error::usage(format!("{}: no [program.NAME] tables", path.display())));
+        return Err(Error::usage(format!(
+            "{}: no [program.NAME] tables",
+            path.display()
+        )));
     }
     // File order, not name order.
     programs.sort_by_key(|(start, _)| *start);
@@ -256,21 +274,44 @@ shell = "echo $HOME"
 
     #[test]
     fn unknown_key_is_named_with_its_position() {
-        let e = p("[program.web]\ncommand = [\"x\"]\nrestat = \"always\"\n").unwrap_err().message;
+        let e = p("[program.web]\ncommand = [\"x\"]\nrestat = \"always\"\n")
+            .unwrap_err()
+            .message;
         assert!(e.starts_with("brood.toml:3:1: unknown field `restat`"), "{e}");
     }
 
     #[test]
     fn bad_values_are_errors_with_positions() {
         let cases = [
-            ("[program.a]\ncommand=[\"x\"]\nnumprocs = 0\n", "brood.toml:3:12: numprocs"),
-            ("[program.a]\ncommand=[\"x\"]\nstop_signal = \"NOPE\"\n", "brood.toml:3:15: unknown signal 'NOPE'"),
-            ("[program.a]\ncommand=[\"x\"]\nstop_timeout = \"-1s\"\n", "brood.toml:3:16: stop_timeout"),
-            ("[program.a]\ncommand=[\"x\"]\nstop_timeout = -1\n", "brood.toml:3:16: stop_timeout"),
-            ("[program.a]\ncommand=[\"x\"]\nrestart = \"sometimes\"\n", "brood.toml:3:11: unknown restart"),
+            (
+                "[program.a]\ncommand=[\"x\"]\nnumprocs = 0\n",
+                "brood.toml:3:12: numprocs",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nstop_signal = \"NOPE\"\n",
+                "brood.toml:3:15: unknown signal 'NOPE'",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nstop_timeout = \"-1s\"\n",
+                "brood.toml:3:16: stop_timeout",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nstop_timeout = -1\n",
+                "brood.toml:3:16: stop_timeout",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nrestart = \"sometimes\"\n",
+                "brood.toml:3:11: unknown restart",
+            ),
             ("[program.a]\nnumprocs = 1\n", "brood.toml:1:1: program 'a' needs"),
-            ("[program.a]\ncommand=[]\n", "brood.toml:2:9: program 'a': command is empty"),
-            ("[program.a]\ncommand=[\"x\"]\n[program.a]\ncommand=[\"y\"]\n", "brood.toml:3:"),
+            (
+                "[program.a]\ncommand=[]\n",
+                "brood.toml:2:9: program 'a': command is empty",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\n[program.a]\ncommand=[\"y\"]\n",
+                "brood.toml:3:",
+            ),
             ("", "brood.toml: no [program.NAME] tables"),
         ];
         for (text, want) in cases {

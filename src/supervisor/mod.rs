@@ -28,6 +28,10 @@ use crate::reaper::{self, ExitStatus, Reaped};
 use crate::signals;
 use crate::spawn::{self, plan, SpawnContext, SpawnError, Stdio};
 
+mod run_mode;
+
+pub use run_mode::RunState;
+
 const SIGNALS: Token = Token(0);
 const STDIN: Token = Token(1);
 const STDOUT: Token = Token(2);
@@ -86,6 +90,14 @@ pub struct SpawnQueue {
     pub batch: bool,
 }
 
+/// What decides when children start and what their exits mean.
+pub enum Mode {
+    /// `brood spawn`: a queue of spawn requests with a counter.
+    Spawn(SpawnQueue),
+    /// `brood run`: instances of programs, restarted by policy.
+    Run(RunState),
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Stats {
     pub spawned: u64,
@@ -125,7 +137,7 @@ pub struct Supervisor {
     ctx: SpawnContext,
     programs: Vec<Program>,
     opts: Options,
-    queue: SpawnQueue,
+    mode: Mode,
     children: HashMap<u64, Child>,
     by_pid: HashMap<i32, u64>,
     next_id: u64,
@@ -149,7 +161,7 @@ impl Supervisor {
     pub fn new(
         programs: Vec<Program>,
         opts: Options,
-        queue: SpawnQueue,
+        mode: Mode,
         events: Events,
         width_hint: usize,
     ) -> Result<Supervisor, Error> {
@@ -199,7 +211,7 @@ impl Supervisor {
             ctx,
             programs,
             opts,
-            queue,
+            mode,
             children: HashMap::new(),
             by_pid: HashMap::new(),
             next_id: 0,
@@ -265,20 +277,34 @@ impl Supervisor {
     // ----- spawning -------------------------------------------------------
 
     fn start_queued(&mut self) {
-        while self.queue.queued > 0 && self.shutdown.is_none() {
-            if let Some(jobs) = self.queue.jobs {
-                if self.alive + self.doomed.len() >= jobs {
-                    return;
-                }
+        if self.shutdown.is_some() {
+            return;
+        }
+        if matches!(self.mode, Mode::Run(_)) {
+            self.start_due_slots(Instant::now());
+            return;
+        }
+        loop {
+            let Mode::Spawn(queue) = &mut self.mode else {
+                return;
+            };
+            if queue.queued == 0
+                || queue
+                    .jobs
+                    .is_some_and(|jobs| self.alive + self.doomed.len() >= jobs)
+            {
+                return;
             }
-            self.queue.queued -= 1;
-            let n = self.queue.next_n;
-            self.queue.next_n += 1;
-            self.spawn_one(0, n);
+            queue.queued -= 1;
+            let n = queue.next_n;
+            queue.next_n += 1;
+            self.spawn_one(0, n, None);
         }
     }
 
-    fn spawn_one(&mut self, program: usize, n: u64) {
+    /// Fork and exec one instance. Returns the child's id, or None when it
+    /// could not be started (already reported).
+    fn spawn_one(&mut self, program: usize, n: u64, slot: Option<usize>) -> Option<u64> {
         let prog = &self.programs[program];
         let label = format!("{}.{}", prog.name, n);
         self.width = self.width.max(label.len());
@@ -288,7 +314,7 @@ impl Supervisor {
             Err(e) => {
                 log::error!("{label}: {e}");
                 self.stats.spawn_failed += 1;
-                return;
+                return None;
             }
         };
         let stdio = if self.opts.output.inherit {
@@ -340,11 +366,12 @@ impl Supervisor {
                         prefix_width: 0,
                         stop_requested: false,
                         kill_at: None,
-                        restarts: 0,
+                        slot,
                     },
                 );
                 self.by_pid.insert(pid, id);
                 self.alive += 1;
+                Some(id)
             }
             Err(err) => {
                 if let SpawnError::Exec { pid, .. } = err {
@@ -358,18 +385,22 @@ impl Supervisor {
                     json!({"label": label, "name": prog.name, "n": n, "stage": err.stage(),
                            "errno": err.errno() as i32, "error": message}),
                 );
+                None
             }
         }
     }
 
     /// `-n`: the batch is done when nothing is queued and nothing is left.
+    /// `run`: done when every instance is down for good.
     fn check_done(&mut self) {
-        if self.queue.batch
-            && self.shutdown.is_none()
-            && self.queue.queued == 0
-            && self.alive == 0
-            && self.doomed.is_empty()
-        {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let done = match &self.mode {
+            Mode::Spawn(q) => q.batch && q.queued == 0 && self.alive == 0 && self.doomed.is_empty(),
+            Mode::Run(r) => r.all_settled() && self.alive == 0,
+        };
+        if done {
             self.begin_shutdown("done".to_string());
         }
     }
@@ -460,8 +491,12 @@ impl Supervisor {
                 children::signal_group(pid, self.programs[child.program].spec.stop_signal);
             }
         }
+        let (slot, stop_requested) = (child.slot, child.stop_requested);
         if !child.has_pipes() {
             self.children.remove(&id);
+        }
+        if let Some(slot) = slot {
+            self.on_slot_exit(slot, Some(status), runtime, stop_requested);
         }
     }
 
@@ -501,7 +536,10 @@ impl Supervisor {
         }
         log::info!("shutting down ({reason})");
         self.events.emit("shutdown", json!({"reason": reason}));
-        self.queue.queued = 0;
+        match &mut self.mode {
+            Mode::Spawn(q) => q.queued = 0,
+            Mode::Run(r) => r.on_shutdown(reason != "done"),
+        }
         let now = Instant::now();
         let mut longest = Duration::ZERO;
         let ids: Vec<u64> = self.children.keys().copied().collect();
@@ -604,6 +642,11 @@ impl Supervisor {
         }
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let (Mode::Run(r), None) = (&self.mode, &self.shutdown) {
+            if let Some(t) = r.next_start() {
+                consider(t);
+            }
+        }
         for child in self.children.values() {
             if let Some(t) = child.kill_at {
                 consider(t);
@@ -888,10 +931,15 @@ impl Supervisor {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Spawn => {
-                // Start it now, so a `q` later in the same read still finds it.
-                self.queue.queued += 1;
-                self.start_queued();
+                if let Mode::Spawn(q) = &mut self.mode {
+                    // Start it now, so a `q` later in the same read still finds it.
+                    q.queued += 1;
+                    self.start_queued();
+                }
             }
+            Command::List if matches!(self.mode, Mode::Run(_)) => self.list_slots(),
+            Command::Kill(target) if matches!(self.mode, Mode::Run(_)) => self.kill_target(&target),
+            Command::Restart(target) if matches!(self.mode, Mode::Run(_)) => self.restart_target(&target),
             Command::List => self.list(),
             Command::Help => self.say(console::HELP),
             Command::Quit => self.begin_shutdown("console".to_string()),
@@ -938,7 +986,7 @@ impl Supervisor {
                 c.pid,
                 c.state.name(),
                 children::human_duration(c.uptime(now)),
-                c.restarts
+                0
             ));
         }
         let s = self.stats;
@@ -975,10 +1023,9 @@ impl Supervisor {
         self.stderr.push_raw(&queued);
         self.stdout.flush_blocking();
         self.stderr.flush_blocking();
-        let code = if s.failed == 0 && s.spawn_failed == 0 {
-            0
-        } else {
-            1
+        let code = match &self.mode {
+            Mode::Spawn(_) => i32::from(s.failed != 0 || s.spawn_failed != 0),
+            Mode::Run(r) => r.exit_code(),
         };
         Outcome { code }
     }

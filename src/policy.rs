@@ -1,0 +1,335 @@
+//! Run mode's restart policy as data: what happens to an instance when it
+//! exits, decided by one function that needs no processes to test.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::{RestartPolicy, RunProgram};
+use crate::reaper::ExitStatus;
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub restart: RestartPolicy,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+impl Policy {
+    pub fn of(p: &RunProgram) -> Policy {
+        Policy {
+            restart: p.restart,
+            backoff_initial: p.backoff_initial,
+            backoff_max: p.backoff_max,
+            max_restarts: p.max_restarts,
+            window: p.restart_window,
+        }
+    }
+}
+
+/// What the user or brood wants once a stopping instance has exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterStop {
+    /// `k`: stay down until `r`.
+    Hold,
+    /// `r`: start again at once.
+    Restart,
+    /// Shutdown: stay down.
+    Shutdown,
+}
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// To be started on the next loop turn.
+    Starting,
+    Running {
+        child: u64,
+        pid: i32,
+        since: Instant,
+    },
+    Stopping {
+        child: u64,
+        pid: i32,
+        since: Instant,
+        then: AfterStop,
+    },
+    Backoff {
+        until: Instant,
+    },
+    /// Stopped by the user; stays down until `r`.
+    Held,
+    /// Exited and its policy does not restart it.
+    Done,
+    /// Failed more than `max_restarts` times within the window.
+    Fatal,
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running { .. } => "running",
+            Phase::Stopping { .. } => "stopping",
+            Phase::Backoff { .. } => "backoff",
+            Phase::Held => "stopped",
+            Phase::Done => "exited",
+            Phase::Fatal => "fatal",
+        }
+    }
+}
+
+/// One instance of a program: `web.2`.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub program: usize,
+    pub instance: u64,
+    pub label: String,
+    pub phase: Phase,
+    /// Consecutive failed runs, for the backoff exponent.
+    pub attempt: u32,
+    /// When each restart within the window happened.
+    pub recent_restarts: VecDeque<Instant>,
+    /// Restarts over the whole run, for `l` and `status`.
+    pub restarts: u32,
+    pub last_exit: Option<ExitStatus>,
+}
+
+impl Slot {
+    pub fn new(program: usize, instance: u64, label: String) -> Slot {
+        Slot {
+            program,
+            instance,
+            label,
+            phase: Phase::Starting,
+            attempt: 0,
+            recent_restarts: VecDeque::new(),
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+
+    /// Whether the instance is down for good (nothing will start it again
+    /// without a request).
+    pub fn settled(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Fatal)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Restart { delay: Duration, attempt: u32 },
+    StayDown,
+    Fatal { reason: String },
+}
+
+/// Decide what follows an exit that brood did not ask for. `jitter` in
+/// [0, 1) spreads restarts of many instances (±10% of the delay).
+pub fn on_unrequested_exit(
+    slot: &mut Slot,
+    policy: &Policy,
+    status: Option<ExitStatus>,
+    ran_for: Duration,
+    now: Instant,
+    jitter: f64,
+) -> Decision {
+    let failed = status.is_none_or(|s| !s.success());
+    // An instance that stayed up past the window earned a fresh start.
+    if ran_for >= policy.window {
+        slot.attempt = 0;
+        slot.recent_restarts.clear();
+    }
+    let wanted = match policy.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => failed,
+        RestartPolicy::Never => false,
+    };
+    if !wanted {
+        slot.attempt = 0;
+        return Decision::StayDown;
+    }
+    while slot
+        .recent_restarts
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) > policy.window)
+    {
+        slot.recent_restarts.pop_front();
+    }
+    if slot.recent_restarts.len() as u32 >= policy.max_restarts {
+        let what = match status {
+            Some(s) => s.describe(),
+            None => "could not start".to_string(),
+        };
+        return Decision::Fatal {
+            reason: format!(
+                "{what}; {} restarts within {}s",
+                slot.recent_restarts.len(),
+                policy.window.as_secs_f64()
+            ),
+        };
+    }
+    slot.attempt += 1;
+    slot.recent_restarts.push_back(now);
+    slot.restarts += 1;
+    let exp = (slot.attempt - 1).min(30) as i32;
+    let base = policy.backoff_initial.as_secs_f64() * 2f64.powi(exp);
+    let jittered = base * (0.9 + 0.2 * jitter.clamp(0.0, 1.0));
+    let delay = Duration::from_secs_f64(jittered.min(policy.backoff_max.as_secs_f64()));
+    Decision::Restart {
+        delay,
+        attempt: slot.attempt,
+    }
+}
+
+/// A small xorshift generator for jitter: no crate needed for this.
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn seeded() -> Jitter {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Jitter(t ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    pub fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(restart: RestartPolicy, max_restarts: u32) -> Policy {
+        Policy {
+            restart,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            max_restarts,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    fn slot() -> Slot {
+        Slot::new(0, 1, "w.1".into())
+    }
+
+    const FAIL: Option<ExitStatus> = Some(ExitStatus::Code(1));
+    const OK: Option<ExitStatus> = Some(ExitStatus::Code(0));
+
+    #[test]
+    fn on_failure_restarts_with_growing_delays_then_fatal() {
+        let p = policy(RestartPolicy::OnFailure, 3);
+        let mut s = slot();
+        let now = Instant::now();
+        let mut delays = Vec::new();
+        for i in 0..3 {
+            match on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5) {
+                Decision::Restart { delay, attempt } => {
+                    assert_eq!(attempt, i + 1);
+                    delays.push(delay);
+                }
+                d => panic!("run {i}: {d:?}"),
+            }
+        }
+        assert_eq!(delays, [100, 200, 400].map(Duration::from_millis));
+        assert!(matches!(
+            on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5),
+            Decision::Fatal { .. }
+        ));
+    }
+
+    #[test]
+    fn on_failure_leaves_a_clean_exit_down() {
+        let mut s = slot();
+        let d = on_unrequested_exit(
+            &mut s,
+            &policy(RestartPolicy::OnFailure, 3),
+            OK,
+            Duration::ZERO,
+            Instant::now(),
+            0.0,
+        );
+        assert_eq!(d, Decision::StayDown);
+    }
+
+    #[test]
+    fn always_restarts_a_clean_exit_and_never_never_does() {
+        let now = Instant::now();
+        let mut s = slot();
+        let d = on_unrequested_exit(
+            &mut s,
+            &policy(RestartPolicy::Always, 3),
+            OK,
+            Duration::ZERO,
+            now,
+            0.0,
+        );
+        assert!(matches!(d, Decision::Restart { .. }));
+        let mut s = slot();
+        let d = on_unrequested_exit(
+            &mut s,
+            &policy(RestartPolicy::Never, 3),
+            FAIL,
+            Duration::ZERO,
+            now,
+            0.0,
+        );
+        assert_eq!(d, Decision::StayDown);
+    }
+
+    #[test]
+    fn delay_is_capped_and_jittered_within_ten_percent() {
+        let p = policy(RestartPolicy::Always, 100);
+        let mut s = slot();
+        let now = Instant::now();
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            if let Decision::Restart { delay, .. } =
+                on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.99)
+            {
+                assert!(delay <= Duration::from_secs(1));
+                assert!(delay >= last.min(Duration::from_millis(900)));
+                last = delay;
+            }
+        }
+        assert_eq!(last, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_long_run_resets_the_backoff() {
+        let p = policy(RestartPolicy::OnFailure, 2);
+        let mut s = slot();
+        let now = Instant::now();
+        on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5);
+        on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5);
+        let d = on_unrequested_exit(&mut s, &p, FAIL, Duration::from_secs(61), now, 0.5);
+        assert_eq!(
+            d,
+            Decision::Restart {
+                delay: Duration::from_millis(100),
+                attempt: 1
+            }
+        );
+    }
+
+    #[test]
+    fn max_restarts_zero_is_fatal_at_first_failure() {
+        let mut s = slot();
+        let d = on_unrequested_exit(
+            &mut s,
+            &policy(RestartPolicy::OnFailure, 0),
+            FAIL,
+            Duration::ZERO,
+            Instant::now(),
+            0.5,
+        );
+        assert!(matches!(d, Decision::Fatal { .. }));
+    }
+}
