@@ -148,10 +148,7 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
         p.spec.env = env.clone();
         p.spec.env.extend(own);
     }
-    Ok(RunConfig {
-        path: path.to_path_buf(),
-        programs,
-    })
+    Ok(RunConfig { programs })
 }
 
 /// `file:line:col: message` for a byte offset into `text`.
