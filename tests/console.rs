@@ -7,7 +7,10 @@ use util::*;
 
 #[test]
 fn console_on_terminal_spawns_lists_and_quits() {
-    let mut pty = Brood::new("pty").env("NO_COLOR", "1").script("lastwords").start_pty();
+    let mut pty = Brood::new("pty")
+        .env("NO_COLOR", "1")
+        .script("lastwords")
+        .start_pty();
     // An empty line spawns a child.
     pty.send("\n");
     pty.wait_events("a spawn", |ev| events_of(ev, "spawn").len() == 1);
@@ -32,18 +35,32 @@ fn console_on_terminal_spawns_lists_and_quits() {
 
 #[test]
 fn console_reports_unknown_command() {
-    let mut brood = Brood::new("unknown").opts(["-i"]).stdin_pipe().script("hello").start();
+    let mut brood = Brood::new("unknown")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("hello")
+        .start();
     brood.send("xyz\n");
-    brood.wait_stderr("unknown command", |s| s.contains("unknown command 'xyz' (h for help)"));
+    brood.wait_stderr("unknown command", |s| {
+        s.contains("unknown command 'xyz' (h for help)")
+    });
     brood.close_stdin();
     let out = brood.finish();
     out.assert_code(0).assert_no_panic();
-    assert!(out.events_of("spawn").is_empty(), "junk must not spawn{}", out.context());
+    assert!(
+        out.events_of("spawn").is_empty(),
+        "junk must not spawn{}",
+        out.context()
+    );
 }
 
 #[test]
 fn console_empty_line_and_s_each_spawn_one_child() {
-    let mut brood = Brood::new("spawn-keys").opts(["-i"]).stdin_pipe().script("hello").start();
+    let mut brood = Brood::new("spawn-keys")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("hello")
+        .start();
     brood.send("\n");
     brood.send("s\n");
     brood.wait_events("two spawns", |ev| events_of(ev, "spawn").len() == 2);
@@ -57,7 +74,11 @@ fn console_empty_line_and_s_each_spawn_one_child() {
 
 #[test]
 fn console_help_is_printed() {
-    let mut brood = Brood::new("help").opts(["-i"]).stdin_pipe().script("hello").start();
+    let mut brood = Brood::new("help")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("hello")
+        .start();
     let before = brood.stderr().len();
     brood.send("h\n");
     brood.wait_stderr("help text", |s| s.len() > before && s[before..].contains('q'));
@@ -70,7 +91,11 @@ fn console_help_is_printed() {
 
 #[test]
 fn console_q_shuts_down_with_reason_console() {
-    let mut brood = Brood::new("quit").opts(["-i"]).stdin_pipe().script("lastwords").start();
+    let mut brood = Brood::new("quit")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("lastwords")
+        .start();
     brood.send("\n");
     brood.wait_stdout("ready", |s| s.contains("| ready"));
     brood.send("q\n");
@@ -80,7 +105,11 @@ fn console_q_shuts_down_with_reason_console() {
     let shutdown = out.events_of("shutdown");
     assert_eq!(shutdown.len(), 1, "{}", out.context());
     assert_eq!(shutdown[0]["reason"], "console", "{}", out.context());
-    assert!(out.stdout_str().contains("lastwords.1 | last words 1"), "{}", out.context());
+    assert!(
+        out.stdout_str().contains("lastwords.1 | last words 1"),
+        "{}",
+        out.context()
+    );
 }
 
 /// Deterministic junk: xorshift bytes.
@@ -108,14 +137,23 @@ fn console_junk_never_crashes_brood() {
     out.assert_stderr_contains("brood: summary: ");
     let events = out.events();
     assert_eq!(events.last().unwrap()["event"], "summary", "{}", out.context());
-    assert_eq!(events_of(&events, "shutdown")[0]["reason"], "eof", "{}", out.context());
+    assert_eq!(
+        events_of(&events, "shutdown")[0]["reason"],
+        "eof",
+        "{}",
+        out.context()
+    );
 }
 
 #[test]
 fn console_one_mib_line_is_refused_and_the_console_keeps_working() {
     let mut input = vec![b'A'; 1024 * 1024];
     input.extend_from_slice(b"\nxyz\n");
-    let out = Brood::new("long-command").opts(["-i"]).stdin(input).script("hello").run();
+    let out = Brood::new("long-command")
+        .opts(["-i"])
+        .stdin(input)
+        .script("hello")
+        .run();
     out.assert_no_panic().assert_code(0);
     out.assert_stderr_contains("unknown command 'xyz' (h for help)");
     assert_eq!(out.events_of("shutdown")[0]["reason"], "eof", "{}", out.context());
@@ -124,7 +162,11 @@ fn console_one_mib_line_is_refused_and_the_console_keeps_working() {
 
 #[test]
 fn console_kill_label_stops_only_that_child() {
-    let mut brood = Brood::new("kill-label").opts(["-i"]).stdin_pipe().script("lastwords").start();
+    let mut brood = Brood::new("kill-label")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("lastwords")
+        .start();
     for _ in 0..3 {
         brood.send("\n");
     }
@@ -134,7 +176,9 @@ fn console_kill_label_stops_only_that_child() {
     let target = label_of(&events, pids[1]).unwrap();
     brood.send(&format!("k {target}\n"));
     brood.wait_events("exit of the stopped child", |ev| {
-        events_of(ev, "exit").iter().any(|e| e["label"] == target.as_str())
+        events_of(ev, "exit")
+            .iter()
+            .any(|e| e["label"] == target.as_str())
     });
     let events = brood.events();
     let exits = events_of(&events, "exit");
@@ -146,19 +190,29 @@ fn console_kill_label_stops_only_that_child() {
     brood.close_stdin();
     let out = brood.finish();
     out.assert_code(0);
-    assert!(out.stdout_str().contains(&format!("{target} | last words")), "{}", out.context());
+    assert!(
+        out.stdout_str().contains(&format!("{target} | last words")),
+        "{}",
+        out.context()
+    );
 }
 
 #[test]
 fn console_kill_pid_stops_that_child() {
-    let mut brood = Brood::new("kill-pid").opts(["-i"]).stdin_pipe().script("lastwords").start();
+    let mut brood = Brood::new("kill-pid")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("lastwords")
+        .start();
     brood.send("\n");
     brood.send("\n");
     brood.wait_stdout("2 ready", |s| s.matches("| ready").count() == 2);
     let pids = brood.wait_spawned(2);
     brood.send(&format!("k {}\n", pids[0]));
     brood.wait_events("exit of the stopped child", |ev| {
-        events_of(ev, "exit").iter().any(|e| e["pid"].as_i64() == Some(pids[0] as i64))
+        events_of(ev, "exit")
+            .iter()
+            .any(|e| e["pid"].as_i64() == Some(pids[0] as i64))
     });
     assert!(!process_dead(pids[1]), "the other child must keep running");
     assert_eq!(events_of(&brood.events(), "exit").len(), 1);
@@ -168,12 +222,18 @@ fn console_kill_pid_stops_that_child() {
 
 #[test]
 fn console_kill_unknown_target_changes_nothing() {
-    let mut brood = Brood::new("kill-unknown").opts(["-i"]).stdin_pipe().script("lastwords").start();
+    let mut brood = Brood::new("kill-unknown")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("lastwords")
+        .start();
     brood.send("\n");
     brood.wait_stdout("ready", |s| s.contains("| ready"));
     let before = brood.stderr().len();
     brood.send("k nosuch.9\n");
-    brood.wait_stderr("a complaint about the unknown child", |s| s.len() > before && s[before..].contains("nosuch.9"));
+    brood.wait_stderr("a complaint about the unknown child", |s| {
+        s.len() > before && s[before..].contains("nosuch.9")
+    });
     assert!(events_of(&brood.events(), "exit").is_empty());
     brood.close_stdin();
     brood.finish().assert_code(0).assert_no_panic();

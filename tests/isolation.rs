@@ -23,7 +23,11 @@ fn inspect_report(out: &Output) -> Vec<String> {
 fn children_see_only_fds_0_1_2() {
     // brood itself inherits a stray fd 7 without close-on-exec, as from a
     // careless parent; the child must not see it.
-    let out = Brood::new("fds").leak_fd(7).opts(["-n", "1"]).script("inspect").run();
+    let out = Brood::new("fds")
+        .leak_fd(7)
+        .opts(["-n", "1"])
+        .script("inspect")
+        .run();
     out.assert_code(0);
     let report = inspect_report(&out);
     let fds = report.iter().find(|l| l.starts_with("fds:")).expect("fds line");
@@ -41,17 +45,28 @@ fn children_start_with_empty_signal_mask_and_no_ignored_signals() {
             .find(|l| l.starts_with(field))
             .unwrap_or_else(|| panic!("no {field} line{}", out.context()));
         let value = line[field.len()..].trim();
-        assert_eq!(value, "0000000000000000", "{field} must be all zeros{}", out.context());
+        assert_eq!(
+            value,
+            "0000000000000000",
+            "{field} must be all zeros{}",
+            out.context()
+        );
     }
 }
 
 /// Starts an interactive brood with `count` live `lastwords` children.
 fn session_with_live_children(name: &str, count: usize) -> (Running, Vec<i32>) {
-    let mut brood = Brood::new(name).opts(["-i"]).stdin_pipe().script("lastwords").start();
+    let mut brood = Brood::new(name)
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("lastwords")
+        .start();
     for _ in 0..count {
         brood.send("\n");
     }
-    brood.wait_stdout(&format!("{count} ready lines"), |s| s.matches("| ready").count() >= count);
+    brood.wait_stdout(&format!("{count} ready lines"), |s| {
+        s.matches("| ready").count() >= count
+    });
     let pids = brood.wait_spawned(count);
     (brood, pids)
 }
@@ -60,7 +75,9 @@ fn session_with_live_children(name: &str, count: usize) -> (Running, Vec<i32>) {
 fn children_run_in_their_own_process_group() {
     let (mut brood, pids) = session_with_live_children("pgid", 3);
     for pid in &pids {
-        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid))).expect("getpgid").as_raw();
+        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid)))
+            .expect("getpgid")
+            .as_raw();
         assert_eq!(pgid, *pid, "child {pid} is not its own group leader");
     }
     brood.close_stdin();
@@ -79,7 +96,10 @@ fn brood_runs_a_single_thread() {
     }
     for child in &pids {
         let state = proc_state(*child);
-        assert!(matches!(state, Some('S') | Some('R')), "child {child} in state {state:?}");
+        assert!(
+            matches!(state, Some('S') | Some('R')),
+            "child {child} in state {state:?}"
+        );
     }
     brood.close_stdin();
     brood.finish().assert_code(0);
@@ -87,7 +107,11 @@ fn brood_runs_a_single_thread() {
 
 #[test]
 fn exited_children_are_reaped_promptly() {
-    let mut brood = Brood::new("zombies").opts(["-i"]).stdin_pipe().script("hello").start();
+    let mut brood = Brood::new("zombies")
+        .opts(["-i"])
+        .stdin_pipe()
+        .script("hello")
+        .start();
     let pid = brood.pid();
     for _ in 0..10 {
         brood.send("\n");
@@ -106,7 +130,10 @@ fn exited_children_are_reaped_promptly() {
 #[test]
 fn many_short_children_leave_no_zombies() {
     // A storm of exits: SIGCHLDs coalesce, and every child must still be reaped.
-    let out = Brood::new("zombie-storm").opts(["-n", "100"]).prog("/bin/true").run();
+    let out = Brood::new("zombie-storm")
+        .opts(["-n", "100"])
+        .prog("/bin/true")
+        .run();
     out.assert_code(0);
     assert_eq!(out.events_of("exit").len(), 100, "{}", out.context());
     out.assert_stderr_contains("summary: spawned 100, succeeded 100");

@@ -25,32 +25,55 @@ fn flood_lines_arrive_whole_once_under_their_label() {
     let mut per_label: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for line in out.stdout_lines() {
         let (label, rest) = split_prefixed(&line).unwrap_or_else(|| panic!("unprefixed line {line:?}"));
-        let tag = label.strip_prefix("flood.").unwrap_or_else(|| panic!("bad label in {line:?}"));
+        let tag = label
+            .strip_prefix("flood.")
+            .unwrap_or_else(|| panic!("bad label in {line:?}"));
         let seq: u64 = rest
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("broken line {line:?}"));
         // The whole line, and the tag inside it matches the label's counter.
-        assert_eq!(rest, flood_line(tag, seq, 'o'), "broken or mislabelled line {line:?}");
+        assert_eq!(
+            rest,
+            flood_line(tag, seq, 'o'),
+            "broken or mislabelled line {line:?}"
+        );
         per_label.entry(label.to_owned()).or_default().push(seq);
     }
-    assert_eq!(per_label.len() as u64, CHILDREN, "labels: {:?}", per_label.keys().collect::<Vec<_>>());
+    assert_eq!(
+        per_label.len() as u64,
+        CHILDREN,
+        "labels: {:?}",
+        per_label.keys().collect::<Vec<_>>()
+    );
     let want: Vec<u64> = (1..=LINES).collect();
     for (label, seqs) in &per_label {
         // Each line exactly once, in the order the child wrote them.
-        assert!(seqs == &want, "{label}: {} lines, not 1..={LINES} in order", seqs.len());
+        assert!(
+            seqs == &want,
+            "{label}: {} lines, not 1..={LINES} in order",
+            seqs.len()
+        );
     }
 }
 
 /// Splits brood's stdout into lines (bytes), checking each is `bytes.1 | ...`.
 fn bytes_payloads(out: &Output) -> Vec<Vec<u8>> {
-    assert!(out.stdout.ends_with(b"\n"), "stdout must end with a newline{}", out.context());
+    assert!(
+        out.stdout.ends_with(b"\n"),
+        "stdout must end with a newline{}",
+        out.context()
+    );
     out.stdout[..out.stdout.len() - 1]
         .split(|&b| b == b'\n')
         .map(|line| {
-            let (label, rest) = split_prefixed_bytes(line)
-                .unwrap_or_else(|| panic!("unprefixed line {:?}", String::from_utf8_lossy(&line[..line.len().min(80)])));
+            let (label, rest) = split_prefixed_bytes(line).unwrap_or_else(|| {
+                panic!(
+                    "unprefixed line {:?}",
+                    String::from_utf8_lossy(&line[..line.len().min(80)])
+                )
+            });
             assert_eq!(label, b"bytes.1");
             rest.to_vec()
         })
@@ -62,7 +85,12 @@ fn non_utf8_bytes_pass_through() {
     let out = Brood::new("non-utf8").opts(["-n", "1"]).script("bytes").run();
     out.assert_code(0).assert_no_panic();
     let payloads = bytes_payloads(&out);
-    assert_eq!(payloads.first().map(Vec::as_slice), Some(&b"\xff\xfe raw"[..]), "{}", out.context());
+    assert_eq!(
+        payloads.first().map(Vec::as_slice),
+        Some(&b"\xff\xfe raw"[..]),
+        "{}",
+        out.context()
+    );
 }
 
 #[test]
@@ -74,7 +102,10 @@ fn long_line_is_cut_into_64k_pieces_each_prefixed() {
     let lens: Vec<usize> = payloads.iter().map(Vec::len).collect();
     assert_eq!(lens, vec![6, 65536, 65536, 65536, 3392, 4], "payload lengths");
     let joined: Vec<u8> = payloads[1..5].concat();
-    assert!(joined == b"0123456789".repeat(20000), "the pieces do not re-assemble the long line");
+    assert!(
+        joined == b"0123456789".repeat(20000),
+        "the pieces do not re-assemble the long line"
+    );
 }
 
 #[test]
@@ -82,7 +113,12 @@ fn unterminated_last_line_is_completed() {
     let out = Brood::new("unterminated").opts(["-n", "1"]).script("bytes").run();
     out.assert_code(0).assert_no_panic();
     let payloads = bytes_payloads(&out);
-    assert_eq!(payloads.last().map(Vec::as_slice), Some(&b"tail"[..]), "{}", out.context());
+    assert_eq!(
+        payloads.last().map(Vec::as_slice),
+        Some(&b"tail"[..]),
+        "{}",
+        out.context()
+    );
 }
 
 #[test]
@@ -96,10 +132,15 @@ fn child_stderr_goes_only_to_brood_stderr() {
     out.assert_code(0).assert_no_panic();
     let mut out_count = 0;
     for line in out.stdout_lines() {
-        let (label, rest) = split_prefixed(&line).unwrap_or_else(|| panic!("unprefixed stdout line {line:?}"));
+        let (label, rest) =
+            split_prefixed(&line).unwrap_or_else(|| panic!("unprefixed stdout line {line:?}"));
         let tag = label.strip_prefix("flood.").unwrap();
         let seq: u64 = rest.split(' ').nth(1).unwrap().parse().unwrap();
-        assert_eq!(rest, flood_line(tag, seq, 'o'), "stdout carries a non-stdout line");
+        assert_eq!(
+            rest,
+            flood_line(tag, seq, 'o'),
+            "stdout carries a non-stdout line"
+        );
         out_count += 1;
     }
     let mut err_count = 0;
@@ -107,10 +148,15 @@ fn child_stderr_goes_only_to_brood_stderr() {
         if line.starts_with("brood: ") {
             continue;
         }
-        let (label, rest) = split_prefixed(&line).unwrap_or_else(|| panic!("unprefixed stderr line {line:?}"));
+        let (label, rest) =
+            split_prefixed(&line).unwrap_or_else(|| panic!("unprefixed stderr line {line:?}"));
         let tag = label.strip_prefix("flood.").unwrap();
         let seq: u64 = rest.split(' ').nth(1).unwrap().parse().unwrap();
-        assert_eq!(rest, flood_line(tag, seq, 'e'), "stderr carries a non-stderr line");
+        assert_eq!(
+            rest,
+            flood_line(tag, seq, 'e'),
+            "stderr carries a non-stderr line"
+        );
         err_count += 1;
     }
     assert_eq!((out_count, err_count), (600, 600), "{}", out.context());
@@ -118,7 +164,10 @@ fn child_stderr_goes_only_to_brood_stderr() {
 
 #[test]
 fn brood_stdout_carries_only_child_stdout() {
-    let out = Brood::new("stdout-only").opts(["-n", "3", "-v"]).script("hello").run();
+    let out = Brood::new("stdout-only")
+        .opts(["-n", "3", "-v"])
+        .script("hello")
+        .run();
     out.assert_code(0);
     let lines = out.stdout_lines();
     assert_eq!(lines.len(), 3, "{}", out.context());
@@ -133,7 +182,10 @@ fn brood_stdout_carries_only_child_stdout() {
 
 #[test]
 fn brood_messages_go_to_stderr_with_brood_prefix() {
-    let out = Brood::new("messages").opts(["-n", "1", "-v"]).script("hello").run();
+    let out = Brood::new("messages")
+        .opts(["-n", "1", "-v"])
+        .script("hello")
+        .run();
     out.assert_code(0);
     let spawn = &out.events_of("spawn")[0];
     let pid = spawn["pid"].as_i64().unwrap();
@@ -148,9 +200,21 @@ fn labels_are_padded_to_a_common_width() {
     let lines = out.stdout_lines();
     assert_eq!(lines.len(), 10, "{}", out.context());
     let columns: Vec<usize> = lines.iter().map(|l| l.find(" | ").expect("prefixed")).collect();
-    assert!(columns.iter().all(|&c| c == columns[0]), "separators not aligned:\n{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.starts_with("hello.1  | ")), "hello.1 padded to hello.10's width:\n{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.starts_with("hello.10 | ")), "{}", lines.join("\n"));
+    assert!(
+        columns.iter().all(|&c| c == columns[0]),
+        "separators not aligned:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("hello.1  | ")),
+        "hello.1 padded to hello.10's width:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("hello.10 | ")),
+        "{}",
+        lines.join("\n")
+    );
 }
 
 #[test]
@@ -161,7 +225,11 @@ fn lister_output_is_relayed_in_order() {
     std::fs::write(root.join("sub/b.txt"), "second\nthird\n").unwrap();
     std::fs::write(root.join("a.txt"), "first\n").unwrap();
     let r = root.to_str().unwrap().to_owned();
-    let out = b.opts(["-n", "1", "--no-prefix"]).script("lister").args([&r]).run();
+    let out = b
+        .opts(["-n", "1", "--no-prefix"])
+        .script("lister")
+        .args([&r])
+        .run();
     out.assert_code(0);
     assert_eq!(
         out.stdout_lines(),
@@ -178,8 +246,17 @@ fn lister_output_is_relayed_in_order() {
 
 #[test]
 fn scanner_failure_is_a_failed_child() {
-    let out = Brood::new("scanner-missing").opts(["-n", "1"]).script("scanner").args(["/nonexistent/file"]).run();
+    let out = Brood::new("scanner-missing")
+        .opts(["-n", "1"])
+        .script("scanner")
+        .args(["/nonexistent/file"])
+        .run();
     out.assert_code(1).assert_no_panic();
     out.assert_stderr_contains("scanner.1 | scanner: cannot open /nonexistent/file");
-    assert_eq!(out.events_of("exit")[0]["code"].as_i64(), Some(1), "{}", out.context());
+    assert_eq!(
+        out.events_of("exit")[0]["code"].as_i64(),
+        Some(1),
+        "{}",
+        out.context()
+    );
 }

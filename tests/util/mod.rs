@@ -527,13 +527,29 @@ impl Brood {
     }
 }
 
-/// Empty signal mask, default dispositions: the state a well-behaved parent
-/// hands over, so that what the children see is brood's doing alone.
-/// Async-signal-safe.
+/// Empty signal mask, default dispositions for every signal (1..=64): the
+/// state a well-behaved parent hands over, so that what the children see is
+/// brood's doing alone. (The test process may itself have inherited ignored
+/// signals, e.g. 32, which glibc's `signal()` refuses to touch; hence the raw
+/// `rt_sigaction`.) Async-signal-safe.
 unsafe fn clean_signal_state() {
-    for sig in 1..32 {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction { handler: 0 /* SIG_DFL */, flags: 0, restorer: 0, mask: 0 };
+    for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig as libc::c_long,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8 as libc::c_long,
+            );
         }
     }
     let mut set: libc::sigset_t = std::mem::zeroed();
