@@ -144,6 +144,20 @@ impl Sink {
         sink
     }
 
+    /// A sink that is never written (stderr when it is stdout).
+    pub fn unused() -> Sink {
+        Sink {
+            fd: -1,
+            _own: None,
+            mode: WriteMode::Blocking,
+            buf: Vec::new(),
+            pos: 0,
+            writable: false,
+            closed: true,
+            color: false,
+        }
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd
     }
@@ -243,6 +257,15 @@ impl Sink {
         self.closed = true;
         self.buf = Vec::new();
         self.pos = 0;
+    }
+}
+
+/// Whether two fds are the same pipe, terminal or file (`2>&1`).
+pub fn same_file(a: RawFd, b: RawFd) -> bool {
+    let stat = |fd: RawFd| nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok();
+    match (stat(a), stat(b)) {
+        (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino && x.st_rdev == y.st_rdev,
+        _ => false,
     }
 }
 

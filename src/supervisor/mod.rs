@@ -149,6 +149,9 @@ pub struct Supervisor {
     ready: VecDeque<Token>,
     stdout: Sink,
     stderr: Sink,
+    /// stdout and stderr are one pipe or terminal (`2>&1`): one writer for
+    /// both, so a partial write of one can never be cut into by the other.
+    shared_streams: bool,
     width: usize,
     events: Events,
     console: Option<ConsoleIn>,
@@ -182,7 +185,12 @@ impl Supervisor {
         let ctx = SpawnContext::new(reset, pdeathsig).map_err(|e| Error::io("cannot open /dev/null", e))?;
 
         let stdout = Sink::open(1);
-        let stderr = Sink::open(2);
+        let shared_streams = output::same_file(1, 2);
+        let stderr = if shared_streams {
+            Sink::unused()
+        } else {
+            Sink::open(2)
+        };
         for (sink, token) in [(&stdout, STDOUT), (&stderr, STDERR)] {
             if sink.pollable() {
                 let fd = sink.raw_fd();
@@ -221,6 +229,7 @@ impl Supervisor {
             ready: VecDeque::new(),
             stdout,
             stderr,
+            shared_streams,
             width: width_hint,
             events,
             console,
@@ -693,8 +702,7 @@ impl Supervisor {
                 return false;
             }
         }
-        self.stdout.pending() == 0 && self.stderr.pending() == 0
-            || self.stdout.closed && self.stderr.pending() == 0
+        (self.stdout.pending() == 0 || self.stdout.closed) && self.stderr.pending() == 0
     }
 
     /// Read what is left in every pipe whose sink has room, then close it.
@@ -735,6 +743,7 @@ impl Supervisor {
     fn sink(&self, stream: Stream) -> &Sink {
         match stream {
             Stream::Stdout => &self.stdout,
+            Stream::Stderr if self.shared_streams => &self.stdout,
             Stream::Stderr => &self.stderr,
         }
     }
@@ -768,14 +777,16 @@ impl Supervisor {
         self.ready.make_contiguous();
         self.dedup_ready();
         let queued = logging::take_queued();
-        self.stderr.push_raw(&queued);
+        self.err_sink().push_raw(&queued);
         if self.console.as_ref().is_some_and(|c| c.open && !c.pollable) {
             self.read_console();
         }
         if self.stdout.flush().is_err() {
             self.on_stdout_closed();
         }
-        let _ = self.stderr.flush();
+        if !self.shared_streams {
+            let _ = self.stderr.flush();
+        }
     }
 
     fn dedup_ready(&mut self) {
@@ -818,6 +829,7 @@ impl Supervisor {
         }
         let sink = match stream {
             Stream::Stdout => &mut self.stdout,
+            Stream::Stderr if self.shared_streams => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
         let opts = &self.opts.output;
@@ -854,13 +866,23 @@ impl Supervisor {
         }
     }
 
+    /// Where brood's own words and children's stderr go.
+    fn err_sink(&mut self) -> &mut Sink {
+        if self.shared_streams {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        }
+    }
+
     fn say(&mut self, text: &str) {
         // Log lines queued so far come first, so the console reads in order.
         let queued = logging::take_queued();
-        self.stderr.push_raw(&queued);
-        self.stderr.push_raw(text.as_bytes());
+        let sink = self.err_sink();
+        sink.push_raw(&queued);
+        sink.push_raw(text.as_bytes());
         if !text.ends_with('\n') {
-            self.stderr.push_raw(b"\n");
+            sink.push_raw(b"\n");
         }
     }
 
@@ -1020,7 +1042,7 @@ impl Supervisor {
                    "spawn_failed": s.spawn_failed, "stopped": s.stopped}),
         );
         let queued = logging::take_queued();
-        self.stderr.push_raw(&queued);
+        self.err_sink().push_raw(&queued);
         self.stdout.flush_blocking();
         self.stderr.flush_blocking();
         let code = match &self.mode {
