@@ -447,3 +447,61 @@ fn exit_events_carry_code_and_runtime() {
         out.context()
     );
 }
+
+#[test]
+fn exit_codes_0_to_255_are_recorded() {
+    // crash {n} exits with its own counter.
+    let out = Brood::new("exit-matrix")
+        .opts(["-n", "256", "--start", "0", "-j", "32"])
+        .script("crash")
+        .args(["{n}"])
+        .run();
+    out.assert_code(1).assert_no_panic();
+    let events = out.events();
+    let labels: BTreeMap<String, i64> = events_of(&events, "spawn")
+        .iter()
+        .map(|e| (e["label"].as_str().unwrap().to_owned(), e["n"].as_i64().unwrap()))
+        .collect();
+    let exits = events_of(&events, "exit");
+    assert_eq!(exits.len(), 256, "{}", out.context());
+    for e in exits {
+        let n = labels[e["label"].as_str().unwrap()];
+        assert_eq!(e["code"].as_i64(), Some(n), "exit event for n={n}: {e}");
+        assert!(e["signal"].is_null(), "{e}");
+    }
+    let summary = out.events_of("summary");
+    assert_eq!(summary[0]["succeeded"].as_i64(), Some(1), "{}", out.context());
+    assert_eq!(summary[0]["failed"].as_i64(), Some(255), "{}", out.context());
+}
+
+#[test]
+fn signal_deaths_are_recorded_by_name() {
+    const NAMES: [&str; 15] = [
+        "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
+        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
+    ];
+    // The counter (1..=15) lands in $0: the child kills itself with it.
+    let out = Brood::new("signal-matrix")
+        .opts(["-n", "15"])
+        .prog("/bin/sh")
+        .args(["-c", "ulimit -c 0; kill -$0 $$; exit 99"])
+        .run();
+    out.assert_code(1).assert_no_panic();
+    let events = out.events();
+    let labels: BTreeMap<String, i64> = events_of(&events, "spawn")
+        .iter()
+        .map(|e| (e["label"].as_str().unwrap().to_owned(), e["n"].as_i64().unwrap()))
+        .collect();
+    let exits = events_of(&events, "exit");
+    assert_eq!(exits.len(), 15, "{}", out.context());
+    for e in exits {
+        let n = labels[e["label"].as_str().unwrap()];
+        assert_eq!(
+            e["signal"],
+            NAMES[n as usize - 1],
+            "exit event for signal {n}: {e}"
+        );
+        assert!(e["code"].is_null(), "{e}");
+        assert_eq!(e["core"], false, "core dumps are off: {e}");
+    }
+}

@@ -270,6 +270,7 @@ pub struct Brood {
     leak_fd: Option<i32>,
     stdout_limit: Option<usize>,
     shell: Option<String>,
+    watchdog: Duration,
 }
 
 impl Brood {
@@ -286,6 +287,7 @@ impl Brood {
             leak_fd: None,
             stdout_limit: None,
             shell: None,
+            watchdog: WATCHDOG,
         }
     }
 
@@ -362,6 +364,12 @@ impl Brood {
     /// close-on-exec) at this number, as a careless parent would.
     pub fn leak_fd(mut self, fd: i32) -> Self {
         self.leak_fd = Some(fd);
+        self
+    }
+
+    /// A shorter watchdog, for runs that are expected to be quick.
+    pub fn watchdog(mut self, limit: Duration) -> Self {
+        self.watchdog = limit;
         self
     }
 
@@ -469,6 +477,7 @@ impl Brood {
             stderr,
             readers,
             started: Instant::now(),
+            watchdog: self.watchdog,
             description,
             guard: Guard {
                 events_path,
@@ -517,6 +526,7 @@ impl Brood {
             output,
             reader: Some(reader),
             started: Instant::now(),
+            watchdog: self.watchdog,
             description,
             guard: Guard {
                 events_path: self.events_path(),
@@ -540,7 +550,12 @@ unsafe fn clean_signal_state() {
         restorer: usize,
         mask: u64,
     }
-    let dfl = KernelSigaction { handler: 0 /* SIG_DFL */, flags: 0, restorer: 0, mask: 0 };
+    let dfl = KernelSigaction {
+        handler: 0, /* SIG_DFL */
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::syscall(
@@ -593,8 +608,8 @@ fn spawn_reader_limited(
 }
 
 /// Waits for `child` under the watchdog; on timeout kills brood's group.
-fn wait_with_watchdog(child: &mut Child, pid: i32, started: Instant) -> Option<ExitStatus> {
-    let deadline = started + WATCHDOG;
+fn wait_with_watchdog(child: &mut Child, pid: i32, started: Instant, limit: Duration) -> Option<ExitStatus> {
+    let deadline = started + limit;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return Some(status);
@@ -632,6 +647,7 @@ pub struct Running {
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
     started: Instant,
+    watchdog: Duration,
     description: String,
     // Last: dropped after the child has been dealt with.
     guard: Guard,
@@ -752,7 +768,7 @@ impl Running {
     /// Waits (under the watchdog) for brood to exit, keeping stdin as it is.
     pub fn finish(mut self) -> Output {
         let mut child = self.child.take().expect("finished twice");
-        let status = wait_with_watchdog(&mut child, self.pid, self.started);
+        let status = wait_with_watchdog(&mut child, self.pid, self.started, self.watchdog);
         let elapsed = self.started.elapsed();
         if status.is_none() {
             self.guard.kill_leftovers(true);
@@ -761,7 +777,8 @@ impl Running {
         join_readers(std::mem::take(&mut self.readers), Duration::from_secs(5));
         let Some(status) = status else {
             panic!(
-                "WATCHDOG: brood did not exit within {WATCHDOG:?}; killed it{}",
+                "WATCHDOG: brood did not exit within {:?}; killed it{}",
+                self.watchdog,
                 self.context()
             );
         };
@@ -810,6 +827,7 @@ pub struct PtySession {
     output: Arc<Mutex<Vec<u8>>>,
     reader: Option<JoinHandle<()>>,
     started: Instant,
+    watchdog: Duration,
     description: String,
     guard: Guard,
 }
@@ -865,7 +883,7 @@ impl PtySession {
     /// the terminal output and the events.
     pub fn finish(mut self) -> (ExitStatus, String, Vec<Value>) {
         let mut child = self.child.take().expect("finished twice");
-        let status = wait_with_watchdog(&mut child, self.pid, self.started);
+        let status = wait_with_watchdog(&mut child, self.pid, self.started, self.watchdog);
         if status.is_none() {
             self.guard.kill_leftovers(true);
         }
@@ -874,7 +892,8 @@ impl PtySession {
         }
         let Some(status) = status else {
             panic!(
-                "WATCHDOG: brood did not exit within {WATCHDOG:?}; killed it\n--- terminal:\n{}",
+                "WATCHDOG: brood did not exit within {:?}; killed it\n--- terminal:\n{}",
+                self.watchdog,
                 truncate(&self.output())
             );
         };
