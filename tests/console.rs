@@ -153,6 +153,7 @@ fn console_one_mib_line_is_refused_and_the_console_keeps_working() {
         .opts(["-i"])
         .stdin(input)
         .script("hello")
+        .watchdog(std::time::Duration::from_secs(10))
         .run();
     out.assert_no_panic().assert_code(0);
     out.assert_stderr_contains("unknown command 'xyz' (h for help)");
