@@ -32,6 +32,8 @@ pub enum Command {
     Spawn(SpawnArgs),
     /// Supervise the programs of a brood.toml or Procfile.
     Run(RunArgs),
+    /// PID 1 / subreaper for containers: run CMD, forward signals, reap orphans.
+    Init(InitArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -93,4 +95,17 @@ pub struct RunArgs {
     /// Start only these programs (default: all).
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Forward signals to CMD's whole process group, not only to CMD.
+    #[arg(short = 'g', long = "group")]
+    pub group: bool,
+    /// After CMD exits: time between SIGTERM and SIGKILL for what it left behind.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD [ARGS]...")]
+    pub command: Vec<OsString>,
 }

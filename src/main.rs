@@ -6,6 +6,7 @@ mod config;
 mod console;
 mod error;
 mod events;
+mod init;
 mod logging;
 mod output;
 mod policy;
@@ -16,7 +17,7 @@ mod supervisor;
 
 use clap::Parser;
 
-use cli::{Cli, Command, OutputArgs, RunArgs, SpawnArgs};
+use cli::{Cli, Command, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
 use error::Error;
 use events::Events;
@@ -43,6 +44,7 @@ fn run(command: Command) -> Result<i32, Error> {
     match command {
         Command::Spawn(args) => run_spawn(args),
         Command::Run(args) => run_run(args),
+        Command::Init(args) => run_init(args),
     }
 }
 
@@ -139,4 +141,28 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let mode = Mode::Run(RunState::new(policies, slots));
     let outcome = Supervisor::new(programs, opts, mode, events, width)?.run();
     Ok(outcome.code)
+}
+
+fn run_init(args: InitArgs) -> Result<i32, Error> {
+    let mut command = args.command.into_iter();
+    let program = command
+        .next()
+        .ok_or_else(|| Error::usage("no command given".into()))?;
+    let spec = ProgramSpec {
+        name: config::basename(&program),
+        program,
+        args: command.collect(),
+        env: Vec::new(),
+        cwd: None,
+        stop_signal: libc::SIGTERM,
+        stop_timeout: args.grace,
+        counter_arg: false,
+    };
+    init::run(
+        spec,
+        init::InitOptions {
+            group: args.group,
+            grace: args.grace,
+        },
+    )
 }

@@ -57,6 +57,13 @@ pub fn reap_all(mut on_reaped: impl FnMut(Reaped)) {
     }
 }
 
+/// Whether brood has any child left, zombie or alive, without reaping.
+pub fn has_children() -> bool {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT;
+    unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) == 0 }
+}
+
 fn decode(pid: i32, status: libc::c_int) -> Reaped {
     if libc::WIFEXITED(status) {
         Reaped::Exited {
