@@ -118,6 +118,9 @@ struct ConsoleIn {
     /// epoll refuses regular files and /dev/null: those are read every turn.
     pollable: bool,
     open: bool,
+    /// Reading stopped at the per-turn limit with input left: epoll is
+    /// edge-triggered and will not say so again.
+    more: bool,
 }
 
 pub struct Options {
@@ -209,6 +212,7 @@ impl Supervisor {
                 reader: LineReader::default(),
                 pollable,
                 open: true,
+                more: false,
             })
         } else {
             None
@@ -645,7 +649,10 @@ impl Supervisor {
             let (_, stream) = token_pipe(*t);
             self.sink(stream).has_room()
         });
-        let console_work = self.console.as_ref().is_some_and(|c| c.open && !c.pollable);
+        let console_work = self
+            .console
+            .as_ref()
+            .is_some_and(|c| c.open && (c.more || !c.pollable));
         if readable_work || console_work {
             return Some(Duration::ZERO);
         }
@@ -778,7 +785,11 @@ impl Supervisor {
         self.dedup_ready();
         let queued = logging::take_queued();
         self.err_sink().push_raw(&queued);
-        if self.console.as_ref().is_some_and(|c| c.open && !c.pollable) {
+        if self
+            .console
+            .as_ref()
+            .is_some_and(|c| c.open && (c.more || !c.pollable))
+        {
             self.read_console();
         }
         if self.stdout.flush().is_err() {
@@ -898,12 +909,16 @@ impl Supervisor {
         let mut commands = Vec::new();
         let mut buf = [0u8; 4096];
         let mut eof = false;
+        console.more = true;
         for _ in 0..16 {
             let rc = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
             if rc < 0 {
                 match nix::errno::Errno::last() {
                     nix::errno::Errno::EINTR => continue,
-                    nix::errno::Errno::EAGAIN => break,
+                    nix::errno::Errno::EAGAIN => {
+                        console.more = false;
+                        break;
+                    }
                     e => {
                         log::warn!("cannot read the console: {e}");
                         eof = true;
@@ -927,6 +942,7 @@ impl Supervisor {
                 revents: 0,
             };
             if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+                console.more = false;
                 break;
             }
         }
