@@ -215,11 +215,14 @@ fn grandchildren_die_with_their_group() {
 
 #[test]
 fn closed_stdout_shuts_down_cleanly() {
+    // 100000 lines (~1 MB) per child do not fit in the pipes: the children
+    // are still writing when brood notices its stdout is gone, so the
+    // shutdown reason is certainly `stdout_closed`, not `done`.
     let brood = Brood::new("closed-stdout")
         .opts(["-n", "50"])
         .close_stdout_after(1)
         .script("counter")
-        .args(["1000"])
+        .args(["100000"])
         .start();
     let out = brood.finish();
     out.assert_no_panic();
