@@ -260,3 +260,87 @@ fn scanner_failure_is_a_failed_child() {
         out.context()
     );
 }
+
+#[test]
+fn stalled_stdout_reader_stalls_neither_signals_nor_reaping_and_loses_nothing() {
+    const LIMIT_KIB: u64 = 24 * 1024;
+    let brood = Brood::new("stalled")
+        .opts(["-n", "4"])
+        .stdout_paused()
+        .script("flood")
+        .args(["200000"])
+        .start();
+    brood.wait_spawned(4);
+    // Nobody reads brood's stdout. The children could write ~48 MB in this
+    // time; brood must make them wait instead of buffering it all.
+    let mut peak = 0;
+    let stall = std::time::Instant::now();
+    while stall.elapsed() < std::time::Duration::from_millis(1500) {
+        peak = peak.max(rss_kib(brood.pid()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        peak < LIMIT_KIB,
+        "brood's RSS reached {peak} KiB with a stalled reader"
+    );
+    // Signals and reaping still work while stdout is stalled.
+    brood.signal(nix::sys::signal::Signal::SIGTERM);
+    brood.wait_events("4 exits while stdout is stalled", |ev| {
+        events_of(ev, "exit").len() == 4
+    });
+    brood.resume_stdout();
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    // Nothing lost: each child's lines are 1..=k in order and whole, except
+    // that the very last one may be cut where the child was killed.
+    let mut per_label: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in out.stdout_lines() {
+        let (label, rest) = split_prefixed(&line).unwrap_or_else(|| panic!("unprefixed line {line:?}"));
+        per_label
+            .entry(label.to_owned())
+            .or_default()
+            .push(rest.to_owned());
+    }
+    assert_eq!(per_label.len(), 4, "{:?}", per_label.keys());
+    for (label, lines) in &per_label {
+        let tag = label.strip_prefix("flood.").unwrap();
+        let (last, whole) = lines.split_last().unwrap();
+        for (i, line) in whole.iter().enumerate() {
+            assert_eq!(
+                line,
+                &flood_line(tag, i as u64 + 1, 'o'),
+                "{label}: line {}",
+                i + 1
+            );
+        }
+        let expected_last = flood_line(tag, whole.len() as u64 + 1, 'o');
+        assert!(
+            expected_last.starts_with(last.as_str()),
+            "{label}: last line {last:?} is not (a prefix of) {expected_last:?}"
+        );
+    }
+    eprintln!(
+        "peak RSS with a stalled reader: {peak} KiB; lines: {:?}",
+        per_label.values().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn no_color_codes_when_output_is_not_a_terminal() {
+    let out = Brood::new("no-color")
+        .opts(["-n", "2"])
+        .script("crash")
+        .args(["{n}"])
+        .run();
+    out.assert_code(1);
+    assert!(
+        !out.stdout.contains(&0x1b),
+        "escape codes on stdout{}",
+        out.context()
+    );
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "escape codes on stderr{}",
+        out.context()
+    );
+}

@@ -298,3 +298,24 @@ fn no_pdeathsig_leaves_children_running() {
         process_dead(pids[0])
     });
 }
+
+#[test]
+fn shutdown_stops_spawning() {
+    let brood = Brood::new("stop-spawning")
+        .opts(["-n", "10", "-j", "2"])
+        .prog("/bin/sleep")
+        .args(["1000"])
+        .start();
+    brood.wait_spawned(2);
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert_eq!(
+        out.events_of("spawn").len(),
+        2,
+        "no spawns after shutdown began{}",
+        out.context()
+    );
+    let summary = out.events_of("summary");
+    assert_eq!(summary[0]["spawned"].as_i64(), Some(2), "{}", out.context());
+}

@@ -126,6 +126,10 @@ fn assert_exec_failure(out: &Output, prog: &str, reason: &str, errno: i64) {
     out.assert_stderr_contains(reason);
     let failed = out.events_of("spawn_failed");
     assert_eq!(failed.len(), 1, "{}", out.context());
+    let name = prog.rsplit('/').next().unwrap();
+    assert_eq!(failed[0]["name"], name, "{}", out.context());
+    assert_eq!(failed[0]["label"], format!("{name}.1"), "{}", out.context());
+    assert_eq!(failed[0]["n"].as_i64(), Some(1), "{}", out.context());
     assert_eq!(failed[0]["stage"], "exec", "{}", out.context());
     assert_eq!(failed[0]["errno"].as_i64(), Some(errno), "{}", out.context());
     assert!(

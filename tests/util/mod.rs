@@ -25,7 +25,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -166,6 +166,15 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     out
 }
 
+/// The resident set size of a process, in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// The `Threads:` count of a process.
 pub fn thread_count(pid: i32) -> Option<usize> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -269,6 +278,7 @@ pub struct Brood {
     events: bool,
     leak_fd: Option<i32>,
     stdout_limit: Option<usize>,
+    stdout_paused: bool,
     shell: Option<String>,
     watchdog: Duration,
 }
@@ -286,6 +296,7 @@ impl Brood {
             events: true,
             leak_fd: None,
             stdout_limit: None,
+            stdout_paused: false,
             shell: None,
             watchdog: WATCHDOG,
         }
@@ -364,6 +375,13 @@ impl Brood {
     /// close-on-exec) at this number, as a careless parent would.
     pub fn leak_fd(mut self, fd: i32) -> Self {
         self.leak_fd = Some(fd);
+        self
+    }
+
+    /// Do not read brood's stdout until [`Running::resume_stdout`]: a
+    /// stalled reader.
+    pub fn stdout_paused(mut self) -> Self {
+        self.stdout_paused = true;
         self
     }
 
@@ -458,10 +476,16 @@ impl Brood {
         let events_path = self.events_path();
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start brood: {e}"));
         let pid = child.id() as i32;
+        let stdout_gate = Arc::new(AtomicBool::new(self.stdout_paused));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
-            spawn_reader_limited(child.stdout.take().unwrap(), stdout.clone(), self.stdout_limit),
+            spawn_reader_limited(
+                child.stdout.take().unwrap(),
+                stdout.clone(),
+                self.stdout_limit,
+                Some(stdout_gate.clone()),
+            ),
             spawn_reader(child.stderr.take().unwrap(), stderr.clone()),
         ];
         let pending_stdin = match self.stdin {
@@ -473,6 +497,7 @@ impl Brood {
             pending_stdin,
             child: Some(child),
             pid,
+            stdout_gate,
             stdout,
             stderr,
             readers,
@@ -573,19 +598,23 @@ unsafe fn clean_signal_state() {
 }
 
 fn spawn_reader(src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    spawn_reader_limited(src, buf, None)
+    spawn_reader_limited(src, buf, None, None)
 }
 
 /// Reads `src` into `buf` until EOF, or until `limit` bytes, then drops
-/// (closes) `src`.
+/// (closes) `src`. While `paused` is set, does not read at all.
 fn spawn_reader_limited(
     mut src: impl Read + Send + 'static,
     buf: Arc<Mutex<Vec<u8>>>,
     limit: Option<usize>,
+    paused: Option<Arc<AtomicBool>>,
 ) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
+            while paused.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
+                thread::sleep(Duration::from_millis(5));
+            }
             let want = match limit {
                 Some(limit) => {
                     let have = buf.lock().unwrap().len();
@@ -643,6 +672,7 @@ pub struct Running {
     pid: i32,
     stdin: Option<ChildStdin>,
     pending_stdin: Option<Vec<u8>>,
+    stdout_gate: Arc<AtomicBool>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
@@ -672,6 +702,11 @@ impl Running {
                 });
             }
         }
+    }
+
+    /// Starts reading brood's stdout (after [`Brood::stdout_paused`]).
+    pub fn resume_stdout(&self) {
+        self.stdout_gate.store(false, Ordering::SeqCst);
     }
 
     /// Writes `text` to brood's stdin.
@@ -767,6 +802,7 @@ impl Running {
 
     /// Waits (under the watchdog) for brood to exit, keeping stdin as it is.
     pub fn finish(mut self) -> Output {
+        self.resume_stdout();
         let mut child = self.child.take().expect("finished twice");
         let status = wait_with_watchdog(&mut child, self.pid, self.started, self.watchdog);
         let elapsed = self.started.elapsed();
