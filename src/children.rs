@@ -61,6 +61,8 @@ pub struct Child {
     /// failure.
     pub stop_requested: bool,
     pub kill_at: Option<Instant>,
+    /// SIGKILL was sent to its group already.
+    pub killed: bool,
     /// The run-mode instance this child is a run of.
     pub slot: Option<usize>,
 }

@@ -90,6 +90,9 @@ pub struct RunArgs {
     /// Read console commands from stdin even when it is not a terminal.
     #[arg(short, long)]
     pub interactive: bool,
+    /// Control socket (default: .brood.sock beside the config file).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Start only these programs (default: all).

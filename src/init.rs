@@ -58,7 +58,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
         .map_err(|e| Error::io("cannot open /dev/null", e))?;
     ctx.inherit_stdin = true;
     let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
-    let argv = plan::build_argv(&spec.program, &spec.args, None)?;
+    let argv = plan::build_argv(&spec.program, &spec.args, None, false)?;
     let child = match spawn::spawn(&ctx, &image, &argv, Stdio::Inherit) {
         Ok(c) => c.pid.as_raw(),
         Err(e) => {

@@ -4,6 +4,7 @@ mod children;
 mod cli;
 mod config;
 mod console;
+mod control;
 mod error;
 mod events;
 mod init;
@@ -79,7 +80,7 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
         batch,
     };
     let width = supervisor::batch_width(&name, args.start, args.count);
-    let outcome = Supervisor::new(vec![program], opts, Mode::Spawn(queue), events, width)?.run();
+    let outcome = Supervisor::new(vec![program], opts, Mode::Spawn(queue), events, width, None)?.run();
     Ok(outcome.code)
 }
 
@@ -138,8 +139,14 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     }
     let console = args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, grace);
+    let socket_path = match &args.socket {
+        Some(p) => p.clone(),
+        None => config::config_dir(&path).join(".brood.sock"),
+    };
+    let bound = control::socket::bind(&socket_path)?;
+    let control = supervisor::ControlServer::new(bound, programs.len());
     let mode = Mode::Run(RunState::new(policies, slots));
-    let outcome = Supervisor::new(programs, opts, mode, events, width)?.run();
+    let outcome = Supervisor::new(programs, opts, mode, events, width, Some(control))?.run();
     Ok(outcome.code)
 }
 

@@ -37,6 +37,8 @@ pub enum AfterStop {
     Restart,
     /// Shutdown: stay down.
     Shutdown,
+    /// Scaled away: the instance is removed once it has exited.
+    Retire,
 }
 
 /// Where an instance is in its life.
@@ -64,6 +66,8 @@ pub enum Phase {
     Done,
     /// Failed more than `max_restarts` times within the window.
     Fatal,
+    /// Removed by `scale`; revived by a later scale up.
+    Retired,
 }
 
 impl Phase {
@@ -76,6 +80,7 @@ impl Phase {
             Phase::Held => "stopped",
             Phase::Done => "exited",
             Phase::Fatal => "fatal",
+            Phase::Retired => "removed",
         }
     }
 }
@@ -113,7 +118,7 @@ impl Slot {
     /// Whether the instance is down for good (nothing will start it again
     /// without a request).
     pub fn settled(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Fatal)
+        matches!(self.phase, Phase::Done | Phase::Fatal | Phase::Retired)
     }
 }
 

@@ -497,8 +497,6 @@ fn stop_timeout_escalates_to_sigkill_for_a_child_ignoring_term() {
 }
 
 #[test]
-#[ignore = "brood bug: at shutdown the per-child stop_timeout deadline and the \
-            shutdown-wide escalation fire together and SIGKILL the group twice"]
 fn stop_timeout_escalation_at_shutdown_sends_sigkill_once() {
     let out = shut_down_stubborn("stoptimeout-once");
     assert_eq!(
@@ -955,7 +953,7 @@ const TOML_EXAMPLE_LINES: &[(&str, &str)] = &[
 #[test]
 fn example_brood_toml_runs_from_its_directory() {
     let brood = Brood::new("example-toml")
-        .shell(r#"cd "$SCRIPTS/examples" && exec "$BROOD" run -i --events "$EVENTS""#)
+        .shell(r#"cd "$SCRIPTS/examples" && exec "$BROOD" run -i --events "$EVENTS" --socket "$EVENTS.sock""#)
         .stdin_pipe()
         .start();
     let out = run_example(brood, TOML_EXAMPLE_LINES);
@@ -977,9 +975,21 @@ fn example_brood_toml_runs_from_its_directory() {
 #[test]
 fn example_brood_toml_runs_with_f_from_elsewhere() {
     let config = examples_dir().join("brood.toml");
-    let brood = run_in("example-toml-f", &[], &["-i", "-f", config.to_str().unwrap()])
-        .stdin_pipe()
-        .start();
+    // The socket would sit beside the shared example: keep it in this test's dir.
+    let socket = std::env::temp_dir().join(format!("brood-example-{}.sock", std::process::id()));
+    let brood = run_in(
+        "example-toml-f",
+        &[],
+        &[
+            "-i",
+            "-f",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+    )
+    .stdin_pipe()
+    .start();
     let out = run_example(brood, TOML_EXAMPLE_LINES);
     out.assert_code(0);
     assert_ended(&out, "console");
@@ -989,7 +999,7 @@ fn example_brood_toml_runs_with_f_from_elsewhere() {
 #[test]
 fn example_procfile_runs_with_its_dotenv() {
     let brood = Brood::new("example-procfile")
-        .shell(r#"cd "$SCRIPTS/examples" && exec "$BROOD" run -i -f Procfile --events "$EVENTS""#)
+        .shell(r#"cd "$SCRIPTS/examples" && exec "$BROOD" run -i -f Procfile --events "$EVENTS" --socket "$EVENTS.sock""#)
         .stdin_pipe()
         .start();
     let out = run_example(

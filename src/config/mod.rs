@@ -60,7 +60,8 @@ pub struct ProgramSpec {
     pub cwd: Option<PathBuf>,
     pub stop_signal: i32,
     pub stop_timeout: Duration,
-    /// Append or substitute the counter (spawn mode).
+    /// Append the counter when no argument has `{n}` (spawn mode). `{n}`
+    /// is substituted in every mode but init.
     pub counter_arg: bool,
 }
 
@@ -122,10 +123,7 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
         std::fs::read(path).map_err(|e| Error::usage(format!("cannot read '{}': {e}", path.display())))?;
     let text =
         String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = config_dir(path);
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let mut programs = if is_toml {
         toml_file::parse(&text, path, &dir)?
@@ -149,6 +147,14 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
         p.spec.env.extend(own);
     }
     Ok(RunConfig { programs })
+}
+
+/// The directory a config file is in (`.` for a bare file name).
+pub fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// `file:line:col: message` for a byte offset into `text`.

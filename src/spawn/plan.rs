@@ -134,8 +134,8 @@ fn is_executable_file(path: &Path) -> bool {
 }
 
 /// argv for one spawn: the user's arguments with the counter substituted
-/// for `{n}`, or appended when no argument names it.
-pub fn build_argv(program: &OsStr, args: &[OsString], n: Option<u64>) -> Result<CArray, Error> {
+/// for `{n}`, or, with `append`, added at the end when no argument names it.
+pub fn build_argv(program: &OsStr, args: &[OsString], n: Option<u64>, append: bool) -> Result<CArray, Error> {
     let mut argv = Vec::with_capacity(args.len() + 2);
     argv.push(cstring(program.as_bytes(), "the program name")?);
     let counter = n.map(|n| n.to_string());
@@ -150,7 +150,7 @@ pub fn build_argv(program: &OsStr, args: &[OsString], n: Option<u64>) -> Result<
             _ => argv.push(cstring(bytes, "an argument")?),
         }
     }
-    if let (Some(c), false) = (&counter, substituted) {
+    if let (Some(c), false, true) = (&counter, substituted, append) {
         argv.push(cstring(c.as_bytes(), "the counter")?);
     }
     Ok(CArray::new(argv))
@@ -188,25 +188,39 @@ mod tests {
 
     #[test]
     fn counter_is_appended_when_no_placeholder() {
-        let a = build_argv(OsStr::new("hello"), &["x".into()], Some(3)).unwrap();
+        let a = build_argv(OsStr::new("hello"), &["x".into()], Some(3), true).unwrap();
         assert_eq!(strs(&a), ["hello", "x", "3"]);
     }
 
     #[test]
     fn placeholder_is_substituted_everywhere_and_not_appended() {
-        let a = build_argv(OsStr::new("p"), &["a{n}b".into(), "{n}".into()], Some(12)).unwrap();
+        let a = build_argv(OsStr::new("p"), &["a{n}b".into(), "{n}".into()], Some(12), true).unwrap();
         assert_eq!(strs(&a), ["p", "a12b", "12"]);
     }
 
     #[test]
     fn no_counter_leaves_args_alone() {
-        let a = build_argv(OsStr::new("p"), &["{n}".into()], None).unwrap();
+        let a = build_argv(OsStr::new("p"), &["{n}".into()], None, true).unwrap();
         assert_eq!(strs(&a), ["p", "{n}"]);
     }
 
     #[test]
+    fn run_mode_substitutes_but_never_appends() {
+        let a = build_argv(OsStr::new("p"), &["--id={n}".into()], Some(2), false).unwrap();
+        assert_eq!(strs(&a), ["p", "--id=2"]);
+        let a = build_argv(OsStr::new("p"), &["x".into()], Some(2), false).unwrap();
+        assert_eq!(strs(&a), ["p", "x"]);
+    }
+
+    #[test]
     fn nul_in_argument_is_an_error_not_a_panic() {
-        assert!(build_argv(OsStr::new("p"), &[OsString::from_vec(b"a\0b".to_vec())], None).is_err());
+        assert!(build_argv(
+            OsStr::new("p"),
+            &[OsString::from_vec(b"a\0b".to_vec())],
+            None,
+            true
+        )
+        .is_err());
     }
 
     #[test]

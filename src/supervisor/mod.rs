@@ -28,8 +28,10 @@ use crate::reaper::{self, ExitStatus, Reaped};
 use crate::signals;
 use crate::spawn::{self, plan, SpawnContext, SpawnError, Stdio};
 
+mod control;
 mod run_mode;
 
+pub use control::ControlServer;
 pub use run_mode::RunState;
 
 const SIGNALS: Token = Token(0);
@@ -71,7 +73,7 @@ impl Program {
     pub fn new(spec: ProgramSpec) -> Result<Program, Error> {
         let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
         // Validate the arguments once, so a bad one is a usage error up front.
-        plan::build_argv(&spec.program, &spec.args, spec.counter_arg.then_some(1))?;
+        plan::build_argv(&spec.program, &spec.args, Some(1), spec.counter_arg)?;
         Ok(Program {
             name: spec.name.clone(),
             spec,
@@ -161,6 +163,8 @@ pub struct Supervisor {
     shutdown: Option<Shutdown>,
     stats: Stats,
     scratch: Vec<u8>,
+    /// `brood run`'s control socket and output rings.
+    control: Option<ControlServer>,
 }
 
 impl Supervisor {
@@ -170,6 +174,7 @@ impl Supervisor {
         mode: Mode,
         events: Events,
         width_hint: usize,
+        mut control: Option<ControlServer>,
     ) -> Result<Supervisor, Error> {
         let poll = Poll::new().map_err(|e| Error::io("cannot create epoll", e))?;
         let mut signals = signals::register(signals::SUPERVISOR_SIGNALS)
@@ -182,6 +187,11 @@ impl Supervisor {
         // empties when its last member dies, not when some init gets to it.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
             log::debug!("cannot become a child subreaper: {}", io::Error::last_os_error());
+        }
+        if let Some(ctl) = control.as_mut() {
+            poll.registry()
+                .register(&mut ctl.bound.listener, control::LISTENER, Interest::READABLE)
+                .map_err(|e| Error::io("cannot watch the control socket", e))?;
         }
         let reset = signals::non_default_dispositions();
         let pdeathsig = opts.pdeathsig.then_some(SIGTERM);
@@ -240,6 +250,7 @@ impl Supervisor {
             shutdown: None,
             stats: Stats::default(),
             scratch: vec![0u8; 64 * 1024],
+            control,
         })
     }
 
@@ -279,6 +290,8 @@ impl Supervisor {
                             self.stderr.writable = true;
                         }
                     }
+                    control::LISTENER => self.accept_clients(),
+                    token if token.0 >= control::FIRST_CLIENT => self.on_client(token),
                     token => self.ready.push_back(token),
                 }
             }
@@ -321,8 +334,13 @@ impl Supervisor {
         let prog = &self.programs[program];
         let label = format!("{}.{}", prog.name, n);
         self.width = self.width.max(label.len());
-        let counter = prog.spec.counter_arg.then_some(n);
-        let argv = match plan::build_argv(&prog.spec.program, &prog.spec.args, counter) {
+        let counter = Some(n);
+        let argv = match plan::build_argv(
+            &prog.spec.program,
+            &prog.spec.args,
+            counter,
+            prog.spec.counter_arg,
+        ) {
             Ok(a) => a,
             Err(e) => {
                 log::error!("{label}: {e}");
@@ -379,6 +397,7 @@ impl Supervisor {
                         prefix_width: 0,
                         stop_requested: false,
                         kill_at: None,
+                        killed: false,
                         slot,
                     },
                 );
@@ -596,12 +615,13 @@ impl Supervisor {
         let mut targets: Vec<(i32, String)> = self
             .children
             .values()
-            .filter(|c| c.state.leader_alive())
+            .filter(|c| c.state.leader_alive() && !c.killed)
             .map(|c| (c.pid, c.label.clone()))
             .collect();
         targets.extend(self.lingering.iter().map(|(p, l)| (*p, l.clone())));
         for child in self.children.values_mut() {
             child.kill_at = None;
+            child.killed = true;
         }
         for (pgid, label) in targets {
             self.kill_group(pgid, &label);
@@ -631,6 +651,7 @@ impl Supervisor {
         for (pgid, label, id) in due {
             if let Some(c) = self.children.get_mut(&id) {
                 c.kill_at = None;
+                c.killed = true;
             }
             self.kill_group(pgid, &label);
         }
@@ -792,6 +813,7 @@ impl Supervisor {
         {
             self.read_console();
         }
+        self.serve_followers();
         if self.stdout.flush().is_err() {
             self.on_stdout_closed();
         }
@@ -845,7 +867,12 @@ impl Supervisor {
         };
         let opts = &self.opts.output;
         let prefix: &[u8] = if opts.prefix { &child.prefix } else { b"" };
+        let mut ring = self.control.as_mut().and_then(|c| c.rings.get_mut(child.program));
+        let label = &child.label;
         let mut emit = |line: &[u8]| {
+            if let Some(r) = ring.as_mut() {
+                r.push(label, stream == Stream::Stderr, line);
+            }
             if opts.timestamps {
                 let mut p = output::timestamp();
                 p.extend_from_slice(prefix);
@@ -1057,6 +1084,7 @@ impl Supervisor {
             json!({"spawned": s.spawned, "succeeded": s.succeeded, "failed": s.failed,
                    "spawn_failed": s.spawn_failed, "stopped": s.stopped}),
         );
+        self.close_clients();
         let queued = logging::take_queued();
         self.err_sink().push_raw(&queued);
         self.stdout.flush_blocking();

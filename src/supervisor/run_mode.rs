@@ -30,8 +30,10 @@ impl RunState {
         }
     }
 
+    /// Every instance is down for good. Instances scaled away do not
+    /// count: when all are, brood waits for a scale up.
     pub fn all_settled(&self) -> bool {
-        self.slots.iter().all(Slot::settled)
+        self.slots.iter().all(Slot::settled) && self.slots.iter().any(|s| s.phase != Phase::Retired)
     }
 
     /// Shutdown: nothing starts any more.
@@ -72,6 +74,7 @@ impl RunState {
         self.slots
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.phase != Phase::Retired)
             .filter(|(_, s)| {
                 s.label == target || names[s.program] == target || pid.is_some_and(|p| slot_pid(s) == Some(p))
             })
@@ -80,7 +83,15 @@ impl RunState {
     }
 }
 
-fn slot_pid(s: &Slot) -> Option<i32> {
+/// Make a down instance start again on the next loop turn, with a fresh
+/// backoff.
+fn revive(slot: &mut Slot) {
+    slot.attempt = 0;
+    slot.recent_restarts.clear();
+    slot.phase = Phase::Starting;
+}
+
+pub(super) fn slot_pid(s: &Slot) -> Option<i32> {
     match s.phase {
         Phase::Running { pid, .. } | Phase::Stopping { pid, .. } => Some(pid),
         _ => None,
@@ -158,6 +169,7 @@ impl Supervisor {
                     Phase::Starting
                 }
                 AfterStop::Shutdown => Phase::Done,
+                AfterStop::Retire => Phase::Retired,
             };
             return;
         }
@@ -221,57 +233,156 @@ impl Supervisor {
         self.programs.iter().map(|p| p.name.clone()).collect()
     }
 
-    /// Console `k`: stop matching instances and keep them down.
-    pub(super) fn kill_target(&mut self, target: &str) {
+    fn targets(&mut self, target: &str) -> Result<Vec<usize>, String> {
         let names = self.program_names();
-        let Some(r) = self.run_state() else { return };
+        let Some(r) = self.run_state() else {
+            return Err("not in run mode".into());
+        };
         let hits = r.matching(target, &names);
         if hits.is_empty() {
-            self.say(&format!("no program or instance '{target}' (l lists them)"));
-            return;
+            return Err(format!("no program or instance '{target}'"));
         }
-        for i in hits {
-            let Some(r) = self.run_state() else { return };
-            let label = r.slots[i].label.clone();
-            match r.slots[i].phase {
-                Phase::Running { .. } | Phase::Stopping { .. } => {
-                    self.say(&format!("stopping {label}"));
-                    self.stop_slot(i, AfterStop::Hold);
-                }
-                Phase::Starting | Phase::Backoff { .. } => {
-                    r.slots[i].phase = Phase::Held;
-                    self.say(&format!("{label} will stay down"));
-                }
-                Phase::Held | Phase::Done | Phase::Fatal => self.say(&format!("{label} is not running")),
-            }
+        Ok(hits)
+    }
+
+    fn label_of(&self, i: usize) -> String {
+        match &self.mode {
+            Mode::Run(r) => r.slots[i].label.clone(),
+            Mode::Spawn(_) => String::new(),
         }
     }
 
-    /// Console `r`: stop matching instances (if up) and start them again.
-    pub(super) fn restart_target(&mut self, target: &str) {
-        let names = self.program_names();
-        let Some(r) = self.run_state() else { return };
-        let hits = r.matching(target, &names);
-        if hits.is_empty() {
-            self.say(&format!("no program or instance '{target}' (l lists them)"));
-            return;
+    /// Stop matching instances and keep them down (console `k`, ctl stop).
+    pub(super) fn stop_instances(&mut self, target: &str) -> Result<Vec<String>, String> {
+        let mut done = Vec::new();
+        for i in self.targets(target)? {
+            let Some(r) = self.run_state() else { break };
+            match r.slots[i].phase {
+                Phase::Running { .. } | Phase::Stopping { .. } => self.stop_slot(i, AfterStop::Hold),
+                Phase::Starting | Phase::Backoff { .. } => r.slots[i].phase = Phase::Held,
+                _ => continue,
+            }
+            done.push(self.label_of(i));
         }
-        for i in hits {
-            let Some(r) = self.run_state() else { return };
-            let label = r.slots[i].label.clone();
-            self.say(&format!("restarting {label}"));
-            let Some(r) = self.run_state() else { return };
+        Ok(done)
+    }
+
+    /// Stop matching instances if they are up and start them again
+    /// (console `r`, ctl restart).
+    pub(super) fn restart_instances(&mut self, target: &str) -> Result<Vec<String>, String> {
+        let mut done = Vec::new();
+        for i in self.targets(target)? {
+            let Some(r) = self.run_state() else { break };
             match r.slots[i].phase {
                 Phase::Running { .. } | Phase::Stopping { .. } => self.stop_slot(i, AfterStop::Restart),
-                _ => {
-                    let slot = &mut r.slots[i];
-                    slot.attempt = 0;
-                    slot.recent_restarts.clear();
-                    slot.phase = Phase::Starting;
-                }
+                _ => revive(&mut r.slots[i]),
+            }
+            done.push(self.label_of(i));
+        }
+        self.start_due_slots(Instant::now());
+        Ok(done)
+    }
+
+    /// Start matching instances that are down (ctl start).
+    pub(super) fn start_instances(&mut self, target: &str) -> Result<Vec<String>, String> {
+        let mut done = Vec::new();
+        for i in self.targets(target)? {
+            let Some(r) = self.run_state() else { break };
+            if matches!(
+                r.slots[i].phase,
+                Phase::Held | Phase::Done | Phase::Fatal | Phase::Backoff { .. }
+            ) {
+                revive(&mut r.slots[i]);
+                done.push(self.label_of(i));
             }
         }
         self.start_due_slots(Instant::now());
+        Ok(done)
+    }
+
+    /// Send `sig` to the process group of every matching running instance.
+    pub(super) fn signal_instances(&mut self, target: &str, sig: i32) -> Result<Vec<String>, String> {
+        let mut done = Vec::new();
+        for i in self.targets(target)? {
+            let Some(r) = self.run_state() else { break };
+            if let Some(pid) = slot_pid(&r.slots[i]) {
+                let label = r.slots[i].label.clone();
+                if children::signal_group(pid, sig) {
+                    let name = crate::signals::name(sig);
+                    self.events
+                        .emit("signal", json!({"label": label, "pid": pid, "signal": name}));
+                    done.push(label);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Change the number of instances of a program at run time.
+    pub(super) fn scale(&mut self, name: &str, count: u32) -> Result<(), String> {
+        let Some(program) = self.programs.iter().position(|p| p.name == name) else {
+            return Err(format!("no program '{name}'"));
+        };
+        let shutting_down = self.shutdown.is_some();
+        let Some(r) = self.run_state() else {
+            return Err("not in run mode".into());
+        };
+        if shutting_down {
+            return Err("shutting down".into());
+        }
+        let count = u64::from(count);
+        let mut stop = Vec::new();
+        for (i, slot) in r
+            .slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.program == program)
+        {
+            if slot.instance <= count {
+                if slot.phase == Phase::Retired {
+                    revive(slot);
+                }
+            } else if matches!(slot.phase, Phase::Running { .. } | Phase::Stopping { .. }) {
+                stop.push(i);
+            } else {
+                slot.phase = Phase::Retired;
+            }
+        }
+        let have = r
+            .slots
+            .iter()
+            .filter(|s| s.program == program)
+            .map(|s| s.instance)
+            .max()
+            .unwrap_or(0);
+        for instance in have + 1..=count {
+            r.slots
+                .push(Slot::new(program, instance, format!("{name}.{instance}")));
+        }
+        self.width = self.width.max(name.len() + 1 + count.to_string().len());
+        for i in stop {
+            self.stop_slot(i, AfterStop::Retire);
+        }
+        log::info!("scaled {name} to {count}");
+        self.start_due_slots(Instant::now());
+        Ok(())
+    }
+
+    /// Console `k` in run mode.
+    pub(super) fn kill_target(&mut self, target: &str) {
+        match self.stop_instances(target) {
+            Ok(labels) if labels.is_empty() => self.say(&format!("'{target}' is not running")),
+            Ok(labels) => self.say(&format!("stopping {}", labels.join(", "))),
+            Err(e) => self.say(&format!("{e} (l lists them)")),
+        }
+    }
+
+    /// Console `r` in run mode.
+    pub(super) fn restart_target(&mut self, target: &str) {
+        match self.restart_instances(target) {
+            Ok(labels) => self.say(&format!("restarting {}", labels.join(", "))),
+            Err(e) => self.say(&format!("{e} (l lists them)")),
+        }
     }
 
     /// Console `l` in run mode: every instance, up or not.
@@ -283,7 +394,7 @@ impl Supervisor {
             "{:<w$}  {:>7}  {:<8}  {:>7}  {:>8}  LAST EXIT\n",
             "LABEL", "PID", "STATE", "UPTIME", "RESTARTS"
         );
-        for s in &r.slots {
+        for s in r.slots.iter().filter(|s| s.phase != Phase::Retired) {
             let (pid, uptime) = match s.phase {
                 Phase::Running { pid, since, .. } | Phase::Stopping { pid, since, .. } => (
                     pid.to_string(),

@@ -1,0 +1,370 @@
+//! The control socket inside the loop: accepting clients, reading their
+//! requests, answering, and streaming `logs -f`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use serde_json::{json, Value};
+
+use super::{run_mode::slot_pid, Mode, Supervisor};
+use crate::control::ring::{LogLine, Ring};
+use crate::control::socket::{self, Bound};
+use crate::control::{parse_request, Request, MAX_CLIENTS, MAX_PENDING, MAX_REQUEST};
+use crate::policy::Phase;
+use crate::reaper::ExitStatus;
+
+pub const LISTENER: Token = Token(4);
+pub const FIRST_CLIENT: usize = 1 << 40;
+
+pub struct ControlServer {
+    pub bound: Bound,
+    clients: HashMap<usize, Client>,
+    next_client: usize,
+    /// Recent output, one ring per program.
+    pub rings: Vec<Ring>,
+}
+
+struct Client {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    follow: Option<Follow>,
+    /// Close once `out` is written (peer finished, or refused).
+    closing: bool,
+}
+
+struct Follow {
+    target: String,
+    /// Next sequence number to send, per program ring.
+    cursors: Vec<u64>,
+}
+
+impl ControlServer {
+    pub fn new(bound: Bound, programs: usize) -> ControlServer {
+        ControlServer {
+            bound,
+            clients: HashMap::new(),
+            next_client: 0,
+            rings: (0..programs).map(|_| Ring::default()).collect(),
+        }
+    }
+}
+
+fn exit_json(e: Option<ExitStatus>) -> Value {
+    match e {
+        None => Value::Null,
+        Some(ExitStatus::Code(c)) => json!({"code": c, "signal": null}),
+        Some(ExitStatus::Signal { signal, .. }) => {
+            json!({"code": null, "signal": crate::signals::name(signal)})
+        }
+    }
+}
+
+fn line_json(l: &LogLine) -> Value {
+    json!({"label": l.label, "stream": if l.stderr { "stderr" } else { "stdout" }, "line": l.text})
+}
+
+fn respond(result: Result<Vec<String>, String>) -> Value {
+    match result {
+        Ok(labels) => json!({"ok": true, "affected": labels}),
+        Err(e) => json!({"ok": false, "error": e}),
+    }
+}
+
+impl Supervisor {
+    pub(super) fn accept_clients(&mut self) {
+        loop {
+            let Some(ctl) = self.control.as_mut() else { return };
+            let (mut stream, _) = match ctl.bound.listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket: accept failed: {e}");
+                    return;
+                }
+            };
+            let refusal = if ctl.clients.len() >= MAX_CLIENTS {
+                Some("too many clients".to_string())
+            } else {
+                socket::peer_allowed(&stream).err()
+            };
+            if let Some(reason) = refusal {
+                log::warn!("control socket: {reason}");
+                // Best effort: the socket buffer takes one short line.
+                let _ = stream.write_all(format!("{}\n", json!({"ok": false, "error": reason})).as_bytes());
+                continue;
+            }
+            let id = ctl.next_client;
+            ctl.next_client += 1;
+            let token = Token(FIRST_CLIENT + id);
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                log::warn!("control socket: cannot watch a client: {e}");
+                continue;
+            }
+            ctl.clients.insert(
+                id,
+                Client {
+                    stream,
+                    inbuf: Vec::new(),
+                    out: Vec::new(),
+                    follow: None,
+                    closing: false,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_client(&mut self, token: Token) {
+        let id = token.0 - FIRST_CLIENT;
+        let mut requests = Vec::new();
+        {
+            let Some(ctl) = self.control.as_mut() else { return };
+            let Some(client) = ctl.clients.get_mut(&id) else {
+                return;
+            };
+            let mut buf = [0u8; 8192];
+            loop {
+                match client.stream.read(&mut buf) {
+                    Ok(0) => {
+                        // A follower hanging up ends its stream; anyone else
+                        // still gets the answers to what it sent.
+                        client.closing = true;
+                        if client.follow.is_some() {
+                            client.out.clear();
+                        }
+                        break;
+                    }
+                    Ok(n) => {
+                        client.inbuf.extend_from_slice(&buf[..n]);
+                        while let Some(pos) = client.inbuf.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = client.inbuf.drain(..=pos).collect();
+                            requests.push(line);
+                        }
+                        if client.inbuf.len() > MAX_REQUEST {
+                            client.inbuf = Vec::new();
+                            let err = json!({"ok": false, "error": "request line too long"});
+                            client.out.extend_from_slice(format!("{err}\n").as_bytes());
+                            client.closing = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        client.closing = true;
+                        client.out.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        for line in requests {
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let reply = match parse_request(line) {
+                Ok(req) => self.handle_request(id, req),
+                Err(e) => json!({"ok": false, "error": e}),
+            };
+            self.queue_to_client(id, &reply);
+        }
+        self.flush_client(id);
+    }
+
+    fn queue_to_client(&mut self, id: usize, value: &Value) {
+        let Some(client) = self.control.as_mut().and_then(|c| c.clients.get_mut(&id)) else {
+            return;
+        };
+        client.out.extend_from_slice(value.to_string().as_bytes());
+        client.out.push(b'\n');
+        if client.out.len() > MAX_PENDING {
+            // A client that does not read its answers is dropped.
+            client.out.clear();
+            client.closing = true;
+        }
+    }
+
+    fn flush_client(&mut self, id: usize) {
+        let Some(ctl) = self.control.as_mut() else { return };
+        let Some(client) = ctl.clients.get_mut(&id) else {
+            return;
+        };
+        while !client.out.is_empty() {
+            match client.stream.write(&client.out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    client.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    client.out.clear();
+                    client.closing = true;
+                    break;
+                }
+            }
+        }
+        if client.closing && client.out.is_empty() {
+            if let Some(mut c) = ctl.clients.remove(&id) {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+        }
+    }
+
+    fn handle_request(&mut self, id: usize, req: Request) -> Value {
+        match req {
+            Request::Status => json!({"ok": true, "programs": self.status_json()}),
+            Request::Start(t) => respond(self.start_instances(&t)),
+            Request::Stop(t) => respond(self.stop_instances(&t)),
+            Request::Restart(t) => respond(self.restart_instances(&t)),
+            Request::Signal { signal, target } => respond(self.signal_instances(&target, signal)),
+            Request::Scale { name, count } => match self.scale(&name, count) {
+                Ok(()) => json!({"ok": true, "name": name, "count": count}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            Request::Logs {
+                target,
+                lines,
+                follow,
+            } => self.logs(id, target, lines, follow),
+            Request::Shutdown => {
+                self.begin_shutdown("ctl".to_string());
+                json!({"ok": true})
+            }
+        }
+    }
+
+    fn status_json(&self) -> Vec<Value> {
+        let now = Instant::now();
+        let Mode::Run(r) = &self.mode else {
+            return Vec::new();
+        };
+        r.slots
+            .iter()
+            .filter(|s| s.phase != Phase::Retired)
+            .map(|s| {
+                let uptime = match s.phase {
+                    Phase::Running { since, .. } | Phase::Stopping { since, .. } => {
+                        Value::from(now.saturating_duration_since(since).as_millis() as u64)
+                    }
+                    _ => Value::Null,
+                };
+                json!({
+                    "label": s.label,
+                    "name": self.programs[s.program].name,
+                    "pid": slot_pid(s),
+                    "state": s.phase.name(),
+                    "uptime_ms": uptime,
+                    "restarts": s.restarts,
+                    "last_exit": exit_json(s.last_exit),
+                })
+            })
+            .collect()
+    }
+
+    fn log_filter(&self, target: &str) -> Option<(Option<usize>, Option<String>)> {
+        if let Some(p) = self.programs.iter().position(|p| p.name == target) {
+            return Some((Some(p), None));
+        }
+        let Mode::Run(r) = &self.mode else { return None };
+        r.slots
+            .iter()
+            .find(|s| s.label == target)
+            .map(|s| (Some(s.program), Some(s.label.clone())))
+    }
+
+    fn logs(&mut self, id: usize, target: String, lines: usize, follow: bool) -> Value {
+        let Some((program, label)) = self.log_filter(&target) else {
+            return json!({"ok": false, "error": format!("no program or instance '{target}'")});
+        };
+        let Some(ctl) = self.control.as_mut() else {
+            return json!({"ok": false, "error": "no control"});
+        };
+        let keep = |l: &LogLine| label.as_ref().is_none_or(|want| &l.label == want);
+        let recent: Vec<Value> = program
+            .map(|p| {
+                ctl.rings[p]
+                    .last(lines, keep)
+                    .into_iter()
+                    .map(line_json)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if follow {
+            let cursors = ctl.rings.iter().map(Ring::next_seq).collect();
+            if let Some(client) = ctl.clients.get_mut(&id) {
+                client.follow = Some(Follow { target, cursors });
+            }
+        }
+        json!({"ok": true, "lines": recent})
+    }
+
+    /// Send new output to every `logs -f` client.
+    pub(super) fn serve_followers(&mut self) {
+        let Some(ctl) = self.control.as_ref() else { return };
+        let followers: Vec<(usize, String)> = ctl
+            .clients
+            .iter()
+            .filter_map(|(id, c)| c.follow.as_ref().map(|f| (*id, f.target.clone())))
+            .collect();
+        for (id, target) in followers {
+            let Some((program, label)) = self.log_filter(&target) else {
+                continue;
+            };
+            let Some(ctl) = self.control.as_mut() else { return };
+            let Some(client) = ctl.clients.get_mut(&id) else {
+                continue;
+            };
+            let Some(follow) = client.follow.as_mut() else {
+                continue;
+            };
+            let mut sent = false;
+            for (p, ring) in ctl.rings.iter().enumerate() {
+                if program.is_some_and(|want| want != p) {
+                    continue;
+                }
+                let keep = |l: &LogLine| label.as_ref().is_none_or(|want| &l.label == want);
+                for l in ring.since(follow.cursors[p], keep) {
+                    client.out.extend_from_slice(line_json(l).to_string().as_bytes());
+                    client.out.push(b'\n');
+                    sent = true;
+                }
+                follow.cursors[p] = ring.next_seq();
+            }
+            if client.out.len() > MAX_PENDING {
+                client.out.clear();
+                client.closing = true;
+            }
+            if sent || client.closing {
+                self.flush_client(id);
+            }
+        }
+    }
+
+    /// End every follower's stream at shutdown, so `logs -f` returns.
+    pub(super) fn close_clients(&mut self) {
+        let Some(ctl) = self.control.as_mut() else { return };
+        let ids: Vec<usize> = ctl.clients.keys().copied().collect();
+        for id in &ids {
+            if let Some(c) = ctl.clients.get_mut(id) {
+                c.closing = true;
+            }
+        }
+        for id in ids {
+            self.flush_client(id);
+        }
+        if let Some(ctl) = self.control.as_ref() {
+            ctl.bound.remove();
+        }
+    }
+}
