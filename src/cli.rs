@@ -34,6 +34,8 @@ pub enum Command {
     Run(RunArgs),
     /// PID 1 / subreaper for containers: run CMD, forward signals, reap orphans.
     Init(InitArgs),
+    /// Control a running `brood run` over its socket.
+    Ctl(CtlArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,4 +113,55 @@ pub struct InitArgs {
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD [ARGS]...")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The socket (default: .brood.sock beside the config file).
+    #[arg(long, value_name = "PATH", conflicts_with = "file")]
+    pub socket: Option<PathBuf>,
+    /// The config file whose brood to talk to.
+    #[arg(short = 'f', long = "file", value_name = "CONFIG")]
+    pub file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub verb: CtlVerb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlVerb {
+    /// Label, pid, state, uptime, restarts, last exit of every instance.
+    Status {
+        /// {"programs": [...]} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a program (all instances) or one instance that is down.
+    Start { target: String },
+    /// Stop a program or instance; it stays down until start or restart.
+    Stop { target: String },
+    /// Stop and start again.
+    Restart { target: String },
+    /// Send a signal to the process groups of a program or instance.
+    Signal {
+        /// TERM, SIGHUP, 9, ...
+        signal: String,
+        target: String,
+    },
+    /// Change the number of instances: NAME=N.
+    Scale {
+        #[arg(value_name = "NAME=N")]
+        spec: String,
+    },
+    /// Recent output of a program or instance, then follow with -f.
+    Logs {
+        /// How many recent lines.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long = "follow")]
+        follow: bool,
+        target: String,
+    },
+    /// Shut brood down, as `q` at its console.
+    Shutdown,
 }

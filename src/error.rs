@@ -8,6 +8,8 @@ pub enum Kind {
     Usage,
     /// Something failed while running: exit 1.
     Runtime,
+    /// `brood ctl` found no brood at the socket: exit 3.
+    NoServer,
 }
 
 #[derive(Debug)]
@@ -31,6 +33,13 @@ impl Error {
         }
     }
 
+    pub fn no_server(message: String) -> Error {
+        Error {
+            kind: Kind::NoServer,
+            message,
+        }
+    }
+
     /// A failed system call, with what brood was doing.
     pub fn io(context: impl fmt::Display, err: std::io::Error) -> Error {
         Error::runtime(format!("{context}: {err}"))
@@ -40,6 +49,7 @@ impl Error {
         match self.kind {
             Kind::Usage => 2,
             Kind::Runtime => 1,
+            Kind::NoServer => 3,
         }
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod console;
 mod control;
+mod ctl;
 mod error;
 mod events;
 mod init;
@@ -46,6 +47,7 @@ fn run(command: Command) -> Result<i32, Error> {
         Command::Spawn(args) => run_spawn(args),
         Command::Run(args) => run_run(args),
         Command::Init(args) => run_init(args),
+        Command::Ctl(args) => ctl::run(args),
     }
 }
 
