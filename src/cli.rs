@@ -36,6 +36,9 @@ pub enum Command {
     Init(InitArgs),
     /// Control a running `brood run` over its socket.
     Ctl(CtlArgs),
+    /// Write systemd units or Kubernetes manifests for a config.
+    #[command(subcommand)]
+    Export(ExportTarget),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -164,4 +167,38 @@ pub enum CtlVerb {
     },
     /// Shut brood down, as `q` at its console.
     Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportTarget {
+    /// APP.target and one template unit APP-PROG@.service per program.
+    Systemd {
+        /// Config file (default: brood.toml, else Procfile).
+        #[arg(short = 'f', long = "file", value_name = "CONFIG")]
+        file: Option<PathBuf>,
+        /// Where to write the units.
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: PathBuf,
+        /// Name of the target and unit prefix (default: the config's directory name).
+        #[arg(long)]
+        app: Option<String>,
+        /// User= for every unit.
+        #[arg(long)]
+        user: Option<String>,
+        /// The systemd the units are for; 254+ adds RestartSteps=/RestartMaxDelaySec=.
+        #[arg(long, value_name = "N", default_value_t = 252)]
+        systemd_version: u32,
+    },
+    /// One Deployment per program, with brood init as the entrypoint.
+    Kubernetes {
+        #[arg(short = 'f', long = "file", value_name = "CONFIG")]
+        file: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: PathBuf,
+        /// The container image (it must contain brood and the programs).
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        app: Option<String>,
+    },
 }

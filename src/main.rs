@@ -8,6 +8,7 @@ mod control;
 mod ctl;
 mod error;
 mod events;
+mod export;
 mod init;
 mod logging;
 mod output;
@@ -19,7 +20,7 @@ mod supervisor;
 
 use clap::Parser;
 
-use cli::{Cli, Command, InitArgs, OutputArgs, RunArgs, SpawnArgs};
+use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
 use error::Error;
 use events::Events;
@@ -48,6 +49,7 @@ fn run(command: Command) -> Result<i32, Error> {
         Command::Run(args) => run_run(args),
         Command::Init(args) => run_init(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::Export(target) => run_export(target),
     }
 }
 
@@ -174,4 +176,37 @@ fn run_init(args: InitArgs) -> Result<i32, Error> {
             grace: args.grace,
         },
     )
+}
+
+fn run_export(target: ExportTarget) -> Result<i32, Error> {
+    match target {
+        ExportTarget::Systemd {
+            file,
+            output,
+            app,
+            user,
+            systemd_version,
+        } => {
+            let path = config::find_config(file.as_deref())?;
+            let config = config::load_run_config(&path, &[])?;
+            let opts = export::SystemdOptions {
+                app: export::app_name(app.as_deref(), &path)?,
+                user,
+                systemd_version,
+            };
+            export::write_files(&output, &export::systemd_units(&config, &opts)?)?;
+        }
+        ExportTarget::Kubernetes {
+            file,
+            output,
+            image,
+            app,
+        } => {
+            let path = config::find_config(file.as_deref())?;
+            let config = config::load_run_config(&path, &[])?;
+            let app = export::app_name(app.as_deref(), &path)?;
+            export::write_files(&output, &export::kubernetes_manifests(&config, &app, &image)?)?;
+        }
+    }
+    Ok(0)
 }

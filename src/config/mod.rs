@@ -73,6 +73,17 @@ pub enum RestartPolicy {
     Never,
 }
 
+impl RestartPolicy {
+    /// systemd's name for the same policy.
+    pub fn systemd(&self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "no",
+        }
+    }
+}
+
 /// One program of a `brood run` config, validated.
 #[derive(Clone, Debug)]
 pub struct RunProgram {
@@ -83,6 +94,8 @@ pub struct RunProgram {
     pub backoff_max: Duration,
     pub max_restarts: u32,
     pub restart_window: Duration,
+    /// The config named `cwd` (not just the config file's directory).
+    pub cwd_explicit: bool,
 }
 
 /// A loaded config file: its programs, in file order.

@@ -74,6 +74,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             backoff_max: super::DEFAULT_BACKOFF_MAX,
             max_restarts: super::DEFAULT_MAX_RESTARTS,
             restart_window: super::DEFAULT_RESTART_WINDOW,
+            cwd_explicit: false,
         });
     }
     if programs.is_empty() {

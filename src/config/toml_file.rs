@@ -177,6 +177,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 parsed.ok_or_else(|| err(at, &format!("unknown signal '{shown}'")))?
             }
         };
+        let cwd_explicit = prog.cwd.is_some();
         let cwd = match prog.cwd {
             None => dir.to_path_buf(),
             Some(c) => {
@@ -217,6 +218,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 backoff_max,
                 max_restarts,
                 restart_window,
+                cwd_explicit,
             },
         ));
     }
