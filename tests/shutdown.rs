@@ -147,9 +147,31 @@ fn stubborn_child_is_killed_after_grace() {
         "SIGKILL {waited:.3}s after SIGTERM, grace is 500ms{}",
         out.context()
     );
-    // The TERM reached the group and the child did ignore it.
-    out.assert_stderr_contains("stubborn.1 | ignoring TERM");
     out.assert_stderr_contains("killed by signal SIGKILL");
+}
+
+#[test]
+fn stop_signal_reaches_the_child_before_the_kill() {
+    // A roomy grace, so that a loaded machine still runs the child's trap
+    // before the SIGKILL; the previous test covers the timing.
+    let brood = Brood::new("grace-term")
+        .opts(["-n", "1", "--grace", "2s"])
+        .script("stubborn")
+        .start();
+    brood.wait_stdout("stubborn ready", |s| s.contains("| stubborn ready"));
+    brood.signal(Signal::SIGTERM);
+    brood.wait_stderr("the child ignoring TERM", |s| {
+        s.contains("stubborn.1 | ignoring TERM")
+    });
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    let events = out.events();
+    assert_eq!(
+        exit_of(&events, "stubborn.1").unwrap()["signal"],
+        "SIGKILL",
+        "{}",
+        out.context()
+    );
 }
 
 #[test]
