@@ -128,7 +128,7 @@ fn junk(len: usize, mut seed: u64) -> Vec<u8> {
 fn console_junk_never_crashes_brood() {
     // Random bytes (invalid UTF-8, control characters, stray newlines) and NULs.
     let mut input = junk(64 * 1024, 0x9e3779b97f4a7c15);
-    input.extend(std::iter::repeat(0u8).take(4096));
+    input.extend_from_slice(&[0u8; 4096]);
     input.push(b'\n');
     input.extend(junk(4096, 42));
     let out = Brood::new("junk").opts(["-i"]).stdin(input).script("hello").run();
