@@ -79,9 +79,7 @@ impl LineFramer {
     }
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
-}
+use memchr::memchr;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum WriteMode {

@@ -21,13 +21,23 @@ pub fn register(signals: &[c_int]) -> io::Result<Signals> {
 /// A child resets exactly these before it unblocks signals.
 pub fn non_default_dispositions() -> Vec<c_int> {
     let mut out = Vec::new();
-    for sig in 1..libc::SIGRTMAX() {
+    for sig in 1..=libc::SIGRTMAX() {
         if sig == SIGKILL || sig == SIGSTOP {
             continue;
         }
-        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
-        if rc == 0 && old.sa_sigaction != libc::SIG_DFL {
+        // The raw syscall, so that 32 and 33 (hidden by glibc) are seen too.
+        // The handler is the first word of the kernel's struct.
+        let mut old = [0u64; 4];
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig as libc::c_long,
+                std::ptr::null::<u64>(),
+                old.as_mut_ptr(),
+                8 as libc::c_long,
+            )
+        };
+        if rc == 0 && old[0] != libc::SIG_DFL as u64 {
             out.push(sig);
         }
     }

@@ -8,10 +8,10 @@
 //! does is a raw syscall through `libc`.
 //!
 //! The calls allowed here, in the order they are made:
-//! `sigaction` (reset brood's handled and ignored signals to SIG_DFL),
+//! `rt_sigaction` (reset brood's handled and ignored signals to SIG_DFL),
 //! `setpgid`, `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
-//! fds), `chdir`, `sigprocmask` (empty mask), `execve`, `write` (the errno to
+//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask), `execve`, `write` (the errno to
 //! the error pipe) and `_exit(127)`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -64,6 +64,9 @@ pub struct ChildSetup<'a> {
     pub new_group: bool,
     /// Highest fd number to mark close-on-exec when close_range is missing.
     pub max_fd: c_int,
+    /// brood raised its own RLIMIT_NOFILE; the child gets the one brood
+    /// was started with (programs using select() break above 1024).
+    pub nofile: Option<libc::rlimit>,
 }
 
 /// Set the child up and exec. Never returns: the only ways out are a
@@ -78,9 +81,7 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     // into brood's self-pipe, which the child shares). Signals are still
     // blocked from before the fork; reset dispositions before unblocking.
     for &sig in setup.reset_signals {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(sig, &action, std::ptr::null_mut());
+        reset_to_default(sig);
     }
 
     if setup.new_group && libc::setpgid(0, 0) != 0 {
@@ -130,6 +131,10 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
         }
     }
 
+    if let Some(limit) = &setup.nofile {
+        libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+    }
+
     if !setup.cwd.is_null() && libc::chdir(setup.cwd) != 0 {
         fail(setup.err_fd, Stage::Chdir);
     }
@@ -156,6 +161,21 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
         errno = libc::EACCES;
     }
     report(setup.err_fd, Stage::Exec, errno);
+}
+
+/// SIG_DFL through the raw syscall: glibc's `sigaction` refuses signals 32
+/// and 33 (its own), yet a parent may have left them ignored, and ignored
+/// signals survive exec. An all-zero kernel `sigaction` is SIG_DFL with no
+/// flags and an empty mask, whatever the architecture's field order.
+pub unsafe fn reset_to_default(sig: c_int) {
+    let action = [0u64; 4];
+    libc::syscall(
+        libc::SYS_rt_sigaction,
+        sig as libc::c_long,
+        action.as_ptr(),
+        std::ptr::null_mut::<u64>(),
+        8 as libc::c_long,
+    );
 }
 
 unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {

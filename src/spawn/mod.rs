@@ -36,6 +36,8 @@ pub struct SpawnContext {
     /// Give the child brood's stdin instead of /dev/null (init mode).
     pub inherit_stdin: bool,
     pub new_group: bool,
+    /// The RLIMIT_NOFILE brood started with, when it raised its own.
+    pub original_nofile: Option<libc::rlimit>,
 }
 
 impl SpawnContext {
@@ -49,8 +51,9 @@ impl SpawnContext {
             nix::sys::stat::Mode::empty(),
         )
         .map_err(std::io::Error::from)?;
+        let original_nofile = raise_nofile_limit();
         let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map(|(soft, _)| soft.min(65536) as libc::c_int)
+            .map(|(soft, _)| soft.min(1 << 20) as libc::c_int)
             .unwrap_or(1024);
         Ok(SpawnContext {
             reset_signals,
@@ -60,6 +63,7 @@ impl SpawnContext {
             dev_null: Some(dev_null),
             inherit_stdin: false,
             new_group: true,
+            original_nofile,
         })
     }
 }
@@ -166,6 +170,7 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         parent_pid: ctx.parent_pid,
         new_group: ctx.new_group,
         max_fd: ctx.max_fd,
+        nofile: ctx.original_nofile,
     };
 
     // Block every signal across fork, so that none runs brood's handler in
@@ -225,6 +230,22 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         stdout: out_r,
         stderr: err_r_pipe,
     })
+}
+
+/// Raise brood's soft RLIMIT_NOFILE to the hard limit (two pipes per child
+/// add up fast). Returns the original limit, for the children, when it
+/// changed.
+fn raise_nofile_limit() -> Option<libc::rlimit> {
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+        return None;
+    }
+    let original = lim;
+    lim.rlim_cur = lim.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return None;
+    }
+    Some(original)
 }
 
 /// Ensure fds 0, 1 and 2 are open, so that no pipe brood makes lands on
