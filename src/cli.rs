@@ -39,6 +39,13 @@ pub enum Command {
     /// Write systemd units or Kubernetes manifests for a config.
     #[command(subcommand)]
     Export(ExportTarget),
+    /// Print a shell completion script (generated from these definitions).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff, generated from these definitions).
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]

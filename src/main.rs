@@ -50,6 +50,34 @@ fn run(command: Command) -> Result<i32, Error> {
         Command::Init(args) => run_init(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Export(target) => run_export(target),
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "brood",
+                &mut text,
+            );
+            print_generated(&text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            man.render(&mut text)
+                .map_err(|e| Error::io("cannot render the man page", e))?;
+            print_generated(&text)
+        }
+    }
+}
+
+/// Write generated text to stdout; a reader that went away (`| head`) is
+/// not an error.
+fn print_generated(text: &[u8]) -> Result<i32, Error> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(Error::io("cannot write to stdout", e)),
     }
 }
 
