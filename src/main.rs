@@ -110,6 +110,8 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
         next_n: args.start,
         jobs: args.jobs.map(|j| j as usize),
         batch,
+        starved: false,
+        starve_warned: false,
     };
     let width = supervisor::batch_width(&name, args.start, args.count);
     let outcome = Supervisor::new(vec![program], opts, Mode::Spawn(queue), events, width, None)?.run();

@@ -9,8 +9,10 @@ use libc::c_int;
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
-/// The signals the supervisor modes (spawn, run) watch.
-pub const SUPERVISOR_SIGNALS: &[c_int] = &[SIGCHLD, SIGINT, SIGTERM, SIGHUP];
+/// The signals the supervisor modes (spawn, run) watch. SIGUSR1 and
+/// SIGUSR2 are caught only so that a stray one cannot kill brood (their
+/// default action); they do nothing.
+pub const SUPERVISOR_SIGNALS: &[c_int] = &[SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2];
 
 pub fn register(signals: &[c_int]) -> io::Result<Signals> {
     Signals::new(signals)

@@ -27,6 +27,7 @@ use crate::output::{self, Sink};
 use crate::reaper::{self, ExitStatus, Reaped};
 use crate::signals;
 use crate::spawn::{self, plan, SpawnContext, SpawnError, Stdio};
+use nix::errno::Errno;
 
 mod control;
 mod run_mode;
@@ -90,6 +91,10 @@ pub struct SpawnQueue {
     pub jobs: Option<usize>,
     /// `-n`: finish once the queue is empty and every child is gone.
     pub batch: bool,
+    /// The last spawn ran out of fds or processes while children were
+    /// alive: wait for one to exit, then try again (nothing is dropped).
+    pub starved: bool,
+    pub starve_warned: bool,
 }
 
 /// What decides when children start and what their exits mean.
@@ -314,7 +319,8 @@ impl Supervisor {
             let Mode::Spawn(queue) = &mut self.mode else {
                 return;
             };
-            if queue.queued == 0
+            if queue.starved
+                || queue.queued == 0
                 || queue
                     .jobs
                     .is_some_and(|jobs| self.alive + self.doomed.len() >= jobs)
@@ -324,7 +330,14 @@ impl Supervisor {
             queue.queued -= 1;
             let n = queue.next_n;
             queue.next_n += 1;
-            self.spawn_one(0, n, None);
+            if self.spawn_one(0, n, None).is_none() && self.starved() {
+                // Put the request back, counter and all.
+                if let Mode::Spawn(q) = &mut self.mode {
+                    q.queued += 1;
+                    q.next_n = n;
+                }
+                return;
+            }
         }
     }
 
@@ -405,6 +418,28 @@ impl Supervisor {
                 self.alive += 1;
                 Some(id)
             }
+            Err(SpawnError::Fork(e))
+                if slot.is_none()
+                    && self.alive > 0
+                    && matches!(e, Errno::EMFILE | Errno::ENFILE | Errno::EAGAIN | Errno::ENOMEM) =>
+            {
+                if let Mode::Spawn(q) = &mut self.mode {
+                    if q.starve_warned {
+                        log::debug!(
+                            "cannot spawn {label} yet ({}): waiting for a child to exit",
+                            e.desc()
+                        );
+                    } else {
+                        log::warn!(
+                            "cannot spawn {label} yet ({}): waiting for children to exit (said once)",
+                            e.desc()
+                        );
+                        q.starve_warned = true;
+                    }
+                    q.starved = true;
+                }
+                None
+            }
             Err(err) => {
                 if let SpawnError::Exec { pid, .. } = err {
                     self.doomed.insert(pid.as_raw());
@@ -420,6 +455,10 @@ impl Supervisor {
                 None
             }
         }
+    }
+
+    fn starved(&self) -> bool {
+        matches!(&self.mode, Mode::Spawn(q) if q.starved)
     }
 
     /// `-n`: the batch is done when nothing is queued and nothing is left.
@@ -499,6 +538,9 @@ impl Supervisor {
         child.state = State::Exited(status);
         child.kill_at = None;
         self.alive -= 1;
+        if let Mode::Spawn(q) = &mut self.mode {
+            q.starved = false;
+        }
         let runtime = child.uptime(Instant::now());
         if child.stop_requested {
             self.stats.stopped += 1;
