@@ -1,8 +1,9 @@
 //! The only code that runs in the child between `fork` and `exec`.
 //!
-//! After `fork` the child is a copy of brood with one thread, whose heap and
-//! locks may be in any state, so this module obeys the async-signal-safe
-//! rule strictly: it allocates nothing, takes no locks, logs nothing, runs no
+//! The child runs in brood's own memory (CLONE_VM) on a stack of its own,
+//! while brood's thread is suspended in `clone` (CLONE_VFORK); brood's heap
+//! and locks may be in any state, so this module obeys the
+//! async-signal-safe rule strictly: it allocates nothing, takes no locks, logs nothing, runs no
 //! destructor, never unwraps, never returns and never calls `exit`. Every
 //! value it reads was prepared by the parent in [`ChildSetup`]; everything it
 //! does is a raw syscall through `libc`.
@@ -73,9 +74,11 @@ pub struct ChildSetup<'a> {
 /// successful `execve` and `_exit(127)`.
 ///
 /// # Safety
-/// Must be called only in the child, right after `fork`, with every pointer
-/// in `setup` valid (they point into the parent's memory, which the child has
-/// a copy of).
+/// Must be called only in the child, right after `clone(CLONE_VM |
+/// CLONE_VFORK)` (or `fork`), with every pointer in `setup` valid: they point
+/// into brood's memory, which the child shares while brood is suspended.
+/// The child writes no memory of brood's but `errno`, which brood does not
+/// read after the clone.
 pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     // A signal that lands now must not run brood's handler (it would write
     // into brood's self-pipe, which the child shares). Signals are still
