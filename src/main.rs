@@ -1,30 +1,13 @@
 //! brood: parse, validate, run, map the outcome to an exit code.
 
-mod children;
-mod cli;
-mod config;
-mod console;
-mod control;
-mod ctl;
-mod error;
-mod events;
-mod export;
-mod init;
-mod logging;
-mod output;
-mod policy;
-mod reaper;
-mod signals;
-mod spawn;
-mod supervisor;
-
 use clap::Parser;
 
+use brood::error::Error;
+use brood::events::Events;
+use brood::policy::{Policy, Slot};
+use brood::{cli, config, control, ctl, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
-use error::Error;
-use events::Events;
-use policy::{Policy, Slot};
 use supervisor::{Mode, Options, Program, RunState, SpawnQueue, Supervisor};
 
 fn main() {

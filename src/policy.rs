@@ -199,7 +199,7 @@ impl Jitter {
         Jitter(t ^ (u64::from(std::process::id()) << 32) | 1)
     }
 
-    pub fn next(&mut self) -> f64 {
+    pub fn sample(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -14,7 +14,7 @@ pub fn load_env_file(path: &Path) -> Result<Vec<(OsString, OsString)>, Error> {
     parse(&text).map_err(|(line, msg)| Error::usage(format!("{}:{line}: {msg}", path.display())))
 }
 
-fn parse(text: &str) -> Result<Vec<(OsString, OsString)>, (usize, String)> {
+pub(super) fn parse(text: &str) -> Result<Vec<(OsString, OsString)>, (usize, String)> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();

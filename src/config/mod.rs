@@ -138,11 +138,7 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
         String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
     let dir = config_dir(path);
     let is_toml = path.extension().is_some_and(|e| e == "toml");
-    let mut programs = if is_toml {
-        toml_file::parse(&text, path, &dir)?
-    } else {
-        procfile::parse(&text, path, &dir)?
-    };
+    let mut programs = parse_config_text(&text, path, is_toml)?;
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     if !is_toml {
         let dotenv = dir.join(".env");
@@ -168,6 +164,22 @@ pub fn config_dir(path: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// Parse config text without touching the disk: TOML or a Procfile. The
+/// entry point of the fuzz targets.
+pub fn parse_config_text(text: &str, path: &Path, is_toml: bool) -> Result<Vec<RunProgram>, Error> {
+    let dir = config_dir(path);
+    if is_toml {
+        toml_file::parse(text, path, &dir)
+    } else {
+        procfile::parse(text, path, &dir)
+    }
+}
+
+/// Parse `.env` text (the fuzz targets' way in).
+pub fn parse_env_text(text: &str) -> Result<Vec<(OsString, OsString)>, String> {
+    dotenv::parse(text).map_err(|(line, msg)| format!("{line}: {msg}"))
 }
 
 /// `file:line:col: message` for a byte offset into `text`.

@@ -170,6 +170,9 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 /// and 33 (its own), yet a parent may have left them ignored, and ignored
 /// signals survive exec. An all-zero kernel `sigaction` is SIG_DFL with no
 /// flags and an empty mask, whatever the architecture's field order.
+///
+/// # Safety
+/// Changes a process-wide signal disposition: meant for the child only.
 pub unsafe fn reset_to_default(sig: c_int) {
     let action = [0u64; 4];
     libc::syscall(

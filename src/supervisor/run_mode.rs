@@ -151,7 +151,7 @@ impl Supervisor {
         let now = Instant::now();
         let Some(r) = self.run_state() else { return };
         let policy = r.policies[r.slots[i].program].clone();
-        let jitter = r.jitter.next();
+        let jitter = r.jitter.sample();
         let slot = &mut r.slots[i];
         slot.last_exit = status.or(slot.last_exit);
         let then = match slot.phase {

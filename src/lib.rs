@@ -1,0 +1,23 @@
+//! brood: a process supervisor built directly on fork/exec/waitpid.
+//!
+//! The binary (`main.rs`) parses the command line and calls into these
+//! modules; they are a library so that the fuzz targets (`fuzz/`) can reach
+//! the parsers directly.
+
+pub mod children;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod ctl;
+pub mod error;
+pub mod events;
+pub mod export;
+pub mod init;
+pub mod logging;
+pub mod output;
+pub mod policy;
+pub mod reaper;
+pub mod signals;
+pub mod spawn;
+pub mod supervisor;
