@@ -60,12 +60,18 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
     let mut writer = stream
         .try_clone()
         .map_err(|e| Error::io("cannot use the socket", e))?;
-    writer
-        .write_all(format!("{req}\n").as_bytes())
-        .map_err(|e| Error::no_server(format!("no brood answering at {}: {e}", path.display())))?;
+    // A brood that refuses us answers and hangs up before reading the
+    // request: a failed write is "no brood" only if no answer is waiting.
+    let write_error = writer.write_all(format!("{req}\n").as_bytes()).err();
     let mut lines = BufReader::new(stream).lines();
-    let first = match lines.next() {
-        Some(Ok(l)) => l,
+    let first = match (lines.next(), write_error) {
+        (Some(Ok(l)), _) => l,
+        (_, Some(e)) => {
+            return Err(Error::no_server(format!(
+                "no brood answering at {}: {e}",
+                path.display()
+            )))
+        }
         _ => {
             return Err(Error::no_server(format!(
                 "brood at {} closed the connection",

@@ -184,6 +184,11 @@ fn executable_path(p: &RunProgram) -> PathBuf {
         .unwrap_or_else(|| prog.to_path_buf())
 }
 
+/// Whole seconds, rounded up: the pod never gets less time than configured.
+fn grace_seconds(d: std::time::Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
 fn yaml_str(s: &str) -> String {
     // A JSON string is a valid YAML double-quoted scalar.
     serde_json::Value::from(s).to_string()
@@ -209,6 +214,12 @@ pub fn kubernetes_manifests(
                 s.name,
                 crate::signals::name(s.stop_signal)
             )));
+        }
+        if s.args.iter().any(|a| a.to_string_lossy().contains("{n}")) {
+            log::warn!(
+                "program '{}': {{n}} has no instance number in a Deployment; it is left as written",
+                s.name
+            );
         }
         if p.restart == RestartPolicy::OnFailure {
             log::warn!(
@@ -254,7 +265,7 @@ pub fn kubernetes_manifests(
         let _ = writeln!(
             out,
             "    spec:\n      terminationGracePeriodSeconds: {}",
-            s.stop_timeout.as_secs().max(1)
+            grace_seconds(s.stop_timeout)
         );
         let _ = writeln!(
             out,
@@ -308,6 +319,13 @@ mod tests {
         assert_eq!(systemd_word("100%"), "100%%");
         assert_eq!(systemd_word("--id={n}"), "--id=%i");
         assert_eq!(systemd_word("say \"hi\""), "\"say \\\"hi\\\"\"");
+    }
+
+    #[test]
+    fn grace_rounds_up() {
+        assert_eq!(grace_seconds(std::time::Duration::from_millis(1500)), 2);
+        assert_eq!(grace_seconds(std::time::Duration::from_secs(5)), 5);
+        assert_eq!(grace_seconds(std::time::Duration::ZERO), 1);
     }
 
     #[test]

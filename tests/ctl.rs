@@ -702,9 +702,6 @@ fn peer_with_another_uid_gets_a_refusal_line_and_is_closed() {
 }
 
 #[test]
-#[ignore = "brood bug: ctl maps the EPIPE from writing its request to exit 3 \"no brood answering\" \
-            without reading the refusal brood already sent (src/ctl.rs, run(): write_all error); \
-            exits 1 only when it wins the race"]
 fn ctl_as_a_peer_with_another_uid_exits_1_refused() {
     if !can_switch_to_nobody("ctl_as_a_peer_with_another_uid_exits_1_refused") {
         return;

@@ -528,8 +528,6 @@ fn kubernetes_procfile_manifests_parse_as_yaml_with_the_dotenv() {
 }
 
 #[test]
-#[ignore = "brood bug: terminationGracePeriodSeconds truncates stop_timeout (1500ms -> 1), a shorter \
-            grace than configured (src/export.rs, kubernetes_manifests: stop_timeout.as_secs().max(1))"]
 fn kubernetes_grace_period_is_never_shorter_than_stop_timeout() {
     let (_dir, config) = temp_config(
         "k8s-grace",
