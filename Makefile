@@ -17,6 +17,11 @@ demo: build
 test:
 	$(CARGO) test --all-targets
 
+# The fault-injection stress tests (tests/stress.rs, ~10 s each); `make test` skips them.
+.PHONY: test-stress
+test-stress:
+	$(CARGO) test --release --test stress -- --ignored
+
 lint: check-child
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -1,0 +1,1227 @@
+//! Fault injection (issue 5): reaping storms, orphans, the exit-status matrix,
+//! fork/fd/exec failures, stopped children, a SIGKILLed brood, pipes held by
+//! grandchildren, signal storms, hostile console/config/argument input, and
+//! what children inherit. Every test runs the real binary; brood must keep
+//! running or shut down cleanly, lose nothing, leave no zombie and never
+//! panic. The slow variants live in tests/stress.rs.
+
+mod util;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use util::*;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The one summary event, which must be the last line of the events file.
+#[track_caller]
+fn summary(out: &Output) -> Value {
+    let events = out.events();
+    let last = events
+        .last()
+        .unwrap_or_else(|| panic!("no events{}", out.context()));
+    assert_eq!(last["event"], "summary", "summary is not last{}", out.context());
+    assert_eq!(events_of(&events, "summary").len(), 1, "{}", out.context());
+    last.clone()
+}
+
+fn count(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("summary field {field} missing: {v}"))
+}
+
+/// spawn events == exit events == summary.spawned, spawn_failed events ==
+/// summary.spawn_failed, succeeded + failed + stopped == spawned, every
+/// spawned pid has exactly one exit event. Returns the summary.
+#[track_caller]
+fn assert_counts_exact(out: &Output) -> Value {
+    let events = out.events();
+    let s = summary(out);
+    let spawns = events_of(&events, "spawn");
+    let exits = events_of(&events, "exit");
+    let failed = events_of(&events, "spawn_failed");
+    assert_eq!(spawns.len(), exits.len(), "spawn vs exit events{}", out.context());
+    assert_eq!(spawns.len() as i64, count(&s, "spawned"), "{}", out.context());
+    assert_eq!(
+        failed.len() as i64,
+        count(&s, "spawn_failed"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(
+        count(&s, "succeeded") + count(&s, "failed") + count(&s, "stopped"),
+        count(&s, "spawned"),
+        "{}",
+        out.context()
+    );
+    let spawned: HashSet<i64> = spawns.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+    let exited: Vec<i64> = exits.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+    let exited_set: HashSet<i64> = exited.iter().copied().collect();
+    assert_eq!(spawned.len(), spawns.len(), "pid reported twice{}", out.context());
+    assert_eq!(
+        exited_set.len(),
+        exited.len(),
+        "exit reported twice{}",
+        out.context()
+    );
+    assert_eq!(
+        spawned,
+        exited_set,
+        "spawned and exited pids differ{}",
+        out.context()
+    );
+    s
+}
+
+/// A uid of its own for each unprivileged test, so that their process counts
+/// (RLIMIT_NPROC is per real uid) never meet.
+fn fresh_uid() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    61000 + (std::process::id() % 1000) * 4 + NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Shell words that run the rest of a command line as `uid` with at most
+/// `nproc` processes (soft and hard), without any capability.
+fn unprivileged(uid: u32, nproc: u32) -> String {
+    format!("setpriv --reuid={uid} --regid={uid} --clear-groups prlimit --nproc={nproc}:{nproc}")
+}
+
+fn make_world_writable(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// Single-quotes `s` for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Kills the given pids on drop (for processes a test deliberately
+/// orphaned), unless they are already gone.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if pid > 1 && !process_dead(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn read_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The stderr written after byte `mark`.
+fn stderr_after(brood: &Running, mark: usize) -> String {
+    let err = brood.stderr();
+    String::from_utf8_lossy(err.get(mark..).unwrap_or_default()).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Reaping storms and orphans
+
+#[test]
+fn reaping_storm_2000_children_counts_are_exact() {
+    let out = Brood::new("storm2000")
+        .opts(["-n", "2000", "-j", "2000", "-q", "--no-prefix"])
+        .prog("true")
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "spawned"), 2000, "{}", out.context());
+    assert_eq!(count(&s, "succeeded"), 2000, "{}", out.context());
+    assert_eq!(count(&s, "spawn_failed"), 0, "{}", out.context());
+}
+
+/// `sh -c SCRIPT PIDFILE`: a subshell starts 200 background `sleep`s (stdio
+/// on /dev/null), writes their pids to PIDFILE and exits, so the sleeps are
+/// orphaned at once.
+fn orphan_maker(sleep: &str) -> String {
+    format!(
+        "(i=0; while [ $i -lt 200 ]; do sleep {sleep} </dev/null >/dev/null 2>&1 & echo $! >>\"$0\"; i=$((i+1)); done); echo made"
+    )
+}
+
+#[test]
+fn orphans_are_reaped_in_spawn_mode() {
+    let b = Brood::new("orphans-spawn");
+    let pidfile = b.dir().join("orphans");
+    let mut brood = b
+        .opts(["-i"])
+        .stdin_pipe()
+        .prog("sh")
+        .args([
+            OsStr::new("-c"),
+            OsStr::new(&orphan_maker("0.3")),
+            pidfile.as_os_str(),
+        ])
+        .start();
+    brood.send("\n");
+    brood.wait_events("the orphan maker exited", |ev| events_of(ev, "exit").len() == 1);
+    let orphans = read_pids(&pidfile);
+    let _cleanup = KillOnDrop(orphans.clone());
+    assert_eq!(orphans.len(), 200);
+    // Every orphan came back to brood (a subreaper) and was reaped: brood
+    // ends up with no child at all, zombie or not.
+    let bpid = brood.pid();
+    if !try_wait_for(DEADLINE, || children_of(bpid).is_empty()) {
+        panic!(
+            "brood still has children (zombies are unreaped orphans): {:?}",
+            children_of(bpid)
+        );
+    }
+    for &pid in &orphans {
+        assert!(
+            proc_state(pid).is_none(),
+            "orphan {pid} still exists: {:?}",
+            proc_state(pid)
+        );
+    }
+    brood.send("q\n");
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    let s = assert_counts_exact(&out);
+    assert_eq!(
+        count(&s, "spawned"),
+        1,
+        "orphans are not children{}",
+        out.context()
+    );
+}
+
+#[test]
+fn orphans_die_with_their_group_at_shutdown() {
+    let b = Brood::new("orphans-group");
+    let pidfile = b.dir().join("orphans");
+    let mut brood = b
+        .opts(["-i", "--grace", "2s"])
+        .stdin_pipe()
+        .prog("sh")
+        .args([
+            OsStr::new("-c"),
+            OsStr::new(&orphan_maker("1000")),
+            pidfile.as_os_str(),
+        ])
+        .start();
+    brood.send("\n");
+    brood.wait_events("the orphan maker exited", |ev| events_of(ev, "exit").len() == 1);
+    let orphans = read_pids(&pidfile);
+    let _cleanup = KillOnDrop(orphans.clone());
+    assert_eq!(orphans.len(), 200);
+    assert!(
+        orphans.iter().all(|&p| !process_dead(p)),
+        "orphans should be alive"
+    );
+    brood.send("q\n");
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert_counts_exact(&out);
+    let alive: Vec<i32> = orphans.iter().copied().filter(|&p| !process_dead(p)).collect();
+    assert!(
+        alive.is_empty(),
+        "{} orphans of the child's group outlived brood: {:?}{}",
+        alive.len(),
+        &alive[..alive.len().min(10)],
+        out.context()
+    );
+}
+
+#[test]
+fn orphans_are_reaped_in_init_mode() {
+    let b = Brood::new("orphans-init");
+    let pidfile = b.dir().join("orphans");
+    let done = b.dir().join("done");
+    let script = format!(
+        "{}; while [ ! -e \"$1\" ]; do sleep 0.05; done; exit 7",
+        orphan_maker("0.3")
+    );
+    let brood = b
+        .raw_args([
+            OsStr::new("init"),
+            OsStr::new("--"),
+            OsStr::new("sh"),
+            OsStr::new("-c"),
+            OsStr::new(&script),
+            pidfile.as_os_str(),
+            done.as_os_str(),
+        ])
+        .start();
+    let bpid = brood.pid();
+    wait_for(DEADLINE, "200 orphan pids", || read_pids(&pidfile).len() == 200);
+    let orphans = read_pids(&pidfile);
+    let _cleanup = KillOnDrop(orphans.clone());
+    // Only the command itself (the `sh` waiting for `done`) remains.
+    let ok = try_wait_for(DEADLINE, || {
+        let kids = children_of(bpid);
+        kids.len() == 1 && kids[0].1 != 'Z'
+    });
+    assert!(ok, "orphans not reaped by brood init: {:?}", children_of(bpid));
+    std::fs::write(&done, "").unwrap();
+    let out = brood.finish();
+    out.assert_code(7).assert_no_panic();
+}
+
+// ---------------------------------------------------------------------------
+// The exit-status matrix
+
+#[test]
+fn exit_codes_0_to_255_are_reported_exactly() {
+    let out = Brood::new("codes")
+        .opts(["-n", "256", "--start", "0", "-j", "64", "-q"])
+        .script("crash")
+        .args(["{n}"])
+        .run();
+    out.assert_code(1).assert_no_panic();
+    let events = out.events();
+    let n_of: BTreeMap<&str, i64> = events_of(&events, "spawn")
+        .iter()
+        .map(|e| (e["label"].as_str().unwrap(), e["n"].as_i64().unwrap()))
+        .collect();
+    let exits = events_of(&events, "exit");
+    assert_eq!(exits.len(), 256, "{}", out.context());
+    let mut seen = HashSet::new();
+    for e in exits {
+        let n = n_of[e["label"].as_str().unwrap()];
+        assert_eq!(e["code"].as_i64(), Some(n), "{e}");
+        assert!(e["signal"].is_null(), "{e}");
+        assert_eq!(e["core"], false, "{e}");
+        seen.insert(n);
+    }
+    assert_eq!(seen.len(), 256);
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "succeeded"), 1);
+    assert_eq!(count(&s, "failed"), 255);
+}
+
+/// Runs `crash SIG` directly (not under brood) with core dumps enabled in
+/// `dir`, and returns what the kernel said: WCOREDUMP.
+fn kernel_dumps_core(dir: &Path, sig: &str) -> bool {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -c unlimited; exec \"$0\" \"$1\" 2>/dev/null")
+        .arg(script("crash"))
+        .arg(sig)
+        .env("CRASH_CORE", "1")
+        .current_dir(dir)
+        .status()
+        .expect("run crash");
+    use std::os::unix::process::ExitStatusExt;
+    status.core_dumped()
+}
+
+#[test]
+fn signal_deaths_and_core_flag_are_reported_exactly() {
+    const SIGS: [&str; 6] = ["TERM", "KILL", "INT", "HUP", "SEGV", "ABRT"];
+    let b = Brood::new("sigmatrix");
+    let reference = TempDir::new("sigmatrix-ref");
+    let expect_core: BTreeMap<&str, bool> = SIGS
+        .iter()
+        .map(|s| (*s, kernel_dumps_core(reference.path(), s)))
+        .collect();
+    // The child picks its signal by counter and execs crash (same pid).
+    let out = b
+        .shell(
+            "ulimit -c unlimited; export CRASH_CORE=1; exec \"$BROOD\" spawn -n 6 -q --events \"$EVENTS\" -- \
+             sh -c 'n=$1; set -- TERM KILL INT HUP SEGV ABRT; eval \"s=\\${$n}\"; exec \"$0\" \"$s\"' \"$SCRIPTS/crash\"",
+        )
+        .run();
+    out.assert_code(1).assert_no_panic();
+    let events = out.events();
+    let n_of: BTreeMap<&str, i64> = events_of(&events, "spawn")
+        .iter()
+        .map(|e| (e["label"].as_str().unwrap(), e["n"].as_i64().unwrap()))
+        .collect();
+    let exits = events_of(&events, "exit");
+    assert_eq!(exits.len(), 6, "{}", out.context());
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    for e in exits {
+        let sig = SIGS[n_of[e["label"].as_str().unwrap()] as usize - 1];
+        assert_eq!(e["signal"], format!("SIG{sig}"), "{e}{}", out.context());
+        assert!(e["code"].is_null(), "{e}");
+        let core = e["core"].as_bool().expect("core is a bool");
+        assert_eq!(
+            core, expect_core[sig],
+            "core flag for SIG{sig} differs from what the kernel does (WCOREDUMP) (core_pattern {pattern:?}): {e}"
+        );
+        if matches!(sig, "TERM" | "KILL" | "INT" | "HUP") {
+            assert!(!core, "SIG{sig} never dumps core: {e}");
+        }
+    }
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "failed"), 6);
+}
+
+// ---------------------------------------------------------------------------
+// fork failure (RLIMIT_NPROC) and fd exhaustion
+
+#[test]
+fn fork_failure_is_a_spawn_failed_event_not_a_crash() {
+    let b = Brood::new("nproc-spawn");
+    make_world_writable(b.dir());
+    // The limit counts brood itself: no fork can succeed.
+    let script = format!(
+        "exec {} \"$BROOD\" spawn -n 3 --events \"$EVENTS\" -- /bin/true",
+        unprivileged(fresh_uid(), 1)
+    );
+    let out = b.shell(&script).watchdog(Duration::from_secs(20)).run();
+    out.assert_code(1).assert_no_panic();
+    let failed = out.events_of("spawn_failed");
+    assert_eq!(failed.len(), 3, "{}", out.context());
+    for f in &failed {
+        assert_eq!(f["stage"], "fork", "{f}");
+        assert_eq!(f["errno"].as_i64(), Some(libc::EAGAIN as i64), "{f}");
+    }
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "spawned"), 0);
+    assert_eq!(count(&s, "spawn_failed"), 3);
+}
+
+#[test]
+fn fork_failure_with_children_alive_defers_and_accounts_for_every_spawn() {
+    let b = Brood::new("nproc-defer");
+    make_world_writable(b.dir());
+    // brood + 2 children fit; 8 are asked for at once.
+    let script = format!(
+        "exec {} \"$BROOD\" spawn -n 8 --events \"$EVENTS\" -- /bin/sh -c 'sleep 0.2'",
+        unprivileged(fresh_uid(), 3)
+    );
+    let out = b.shell(&script).watchdog(Duration::from_secs(25)).run();
+    out.assert_no_panic();
+    let s = assert_counts_exact(&out);
+    assert_eq!(
+        count(&s, "spawned") + count(&s, "spawn_failed"),
+        8,
+        "{}",
+        out.context()
+    );
+    for f in out.events_of("spawn_failed") {
+        assert_eq!(f["stage"], "fork", "{f}");
+    }
+}
+
+#[test]
+fn fork_failure_in_run_mode_is_retried_with_backoff_then_fatal() {
+    let b = Brood::new("nproc-run");
+    make_world_writable(b.dir());
+    std::fs::write(
+        b.dir().join("brood.toml"),
+        "[program.a]\ncommand = [\"/bin/true\"]\nrestart = \"on-failure\"\nmax_restarts = 2\n\
+         backoff = { initial = \"50ms\", max = \"100ms\" }\n",
+    )
+    .unwrap();
+    let script = format!(
+        "exec {} \"$BROOD\" run --events \"$EVENTS\"",
+        unprivileged(fresh_uid(), 1)
+    );
+    let out = b.shell(&script).watchdog(Duration::from_secs(20)).run();
+    out.assert_code(1).assert_no_panic();
+    let events = out.events();
+    let failed = events_of(&events, "spawn_failed");
+    assert_eq!(failed.len(), 3, "1 start + 2 restarts{}", out.context());
+    assert!(failed.iter().all(|f| f["stage"] == "fork"), "{}", out.context());
+    let restarts = events_of(&events, "restart");
+    assert_eq!(restarts.len(), 2, "{}", out.context());
+    assert!(
+        restarts
+            .iter()
+            .all(|r| r["delay_ms"].as_i64().is_some_and(|d| d > 0)),
+        "{}",
+        out.context()
+    );
+    assert_eq!(events_of(&events, "fatal").len(), 1, "{}", out.context());
+    summary(&out);
+}
+
+#[test]
+fn fork_failure_in_run_mode_recovers_when_a_slot_frees_up() {
+    let b = Brood::new("nproc-recover");
+    make_world_writable(b.dir());
+    // Two instances, room for one child: the second start fails at fork and
+    // is retried; once the first exits (0, on-failure: stays down) it starts.
+    std::fs::write(
+        b.dir().join("brood.toml"),
+        "[program.a]\ncommand = [\"/bin/sleep\", \"0.5\"]\nnumprocs = 2\nrestart = \"on-failure\"\n\
+         max_restarts = 50\nbackoff = { initial = \"50ms\", max = \"100ms\" }\n",
+    )
+    .unwrap();
+    let script = format!(
+        "exec {} \"$BROOD\" run --events \"$EVENTS\"",
+        unprivileged(fresh_uid(), 2)
+    );
+    let brood = b.shell(&script).watchdog(Duration::from_secs(20)).start();
+    brood.wait_events("both instances ran and exited 0", |ev| {
+        let ok: HashSet<&str> = events_of(ev, "exit")
+            .iter()
+            .filter(|e| e["code"].as_i64() == Some(0))
+            .filter_map(|e| e["label"].as_str())
+            .collect();
+        ok.len() == 2
+    });
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_no_panic();
+    let events = out.events();
+    let failed = events_of(&events, "spawn_failed");
+    assert!(!failed.is_empty(), "expected a fork failure{}", out.context());
+    assert!(failed.iter().all(|f| f["stage"] == "fork"), "{}", out.context());
+    assert!(!events_of(&events, "restart").is_empty(), "{}", out.context());
+    assert!(events_of(&events, "fatal").is_empty(), "{}", out.context());
+    summary(&out);
+}
+
+#[test]
+fn fd_exhaustion_neither_hangs_nor_loses_count() {
+    let b = Brood::new("nofile");
+    let out = b
+        .shell(
+            "ulimit -n 64 && exec \"$BROOD\" spawn -n 200 -q --events \"$EVENTS\" -- /bin/sh -c 'sleep 0.05'",
+        )
+        .watchdog(Duration::from_secs(25))
+        .run();
+    out.assert_no_panic();
+    assert!(matches!(out.code(), Some(0 | 1)), "{}", out.context());
+    let s = assert_counts_exact(&out);
+    assert_eq!(
+        count(&s, "spawned") + count(&s, "spawn_failed"),
+        200,
+        "{}",
+        out.context()
+    );
+    if count(&s, "spawn_failed") > 0 {
+        assert_eq!(out.code(), Some(1), "{}", out.context());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// exec failures of every kind
+
+#[track_caller]
+fn assert_exec_fails(name: &str, setup: impl FnOnce(&Path) -> String, reason: &str, errno: i32) {
+    let b = Brood::new(name);
+    let prog = setup(b.dir());
+    let out = b.opts(["-n", "1"]).prog(&prog).run();
+    out.assert_code(1).assert_no_panic();
+    out.assert_stderr_contains(&format!("cannot exec '{prog}': {reason} (os error {errno})"));
+    let failed = out.events_of("spawn_failed");
+    assert_eq!(failed.len(), 1, "{}", out.context());
+    assert_eq!(failed[0]["stage"], "exec", "{}", out.context());
+    assert_eq!(
+        failed[0]["errno"].as_i64(),
+        Some(errno as i64),
+        "{}",
+        out.context()
+    );
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("cannot exec '{prog}': {reason} (os error {errno})"))),
+        "{}",
+        out.context()
+    );
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "spawn_failed"), 1);
+    assert_eq!(count(&s, "spawned"), 0);
+}
+
+fn write_exec(path: &Path, bytes: &[u8], mode: u32) -> String {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn exec_failure_missing_file_is_enoent() {
+    assert_exec_fails(
+        "x-missing",
+        |d| d.join("nope").to_str().unwrap().to_owned(),
+        "No such file or directory",
+        libc::ENOENT,
+    );
+}
+
+#[test]
+fn exec_failure_no_execute_bit_is_eacces() {
+    assert_exec_fails(
+        "x-noexec",
+        |d| write_exec(&d.join("noexec"), b"#!/bin/sh\necho hi\n", 0o644),
+        "Permission denied",
+        libc::EACCES,
+    );
+}
+
+#[test]
+fn exec_failure_directory_is_eacces() {
+    assert_exec_fails(
+        "x-dir",
+        |d| {
+            let p = d.join("adir");
+            std::fs::create_dir(&p).unwrap();
+            p.to_str().unwrap().to_owned()
+        },
+        "Permission denied",
+        libc::EACCES,
+    );
+}
+
+#[test]
+fn exec_failure_missing_interpreter_is_enoent() {
+    assert_exec_fails(
+        "x-interp",
+        |d| write_exec(&d.join("script"), b"#!/nonexistent/interpreter\necho hi\n", 0o755),
+        "No such file or directory",
+        libc::ENOENT,
+    );
+}
+
+#[test]
+fn exec_failure_bad_elf_is_enoexec_not_run_by_a_shell() {
+    let mut elf = b"\x7fELF".to_vec();
+    elf.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
+    assert_exec_fails(
+        "x-elf",
+        |d| write_exec(&d.join("bad-elf"), &elf, 0o755),
+        "Exec format error",
+        libc::ENOEXEC,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Stopped children
+
+/// The state column of `LABEL`'s row in an `l` listing.
+fn listed_state(listing: &str, label: &str) -> Option<String> {
+    listing
+        .lines()
+        .rfind(|l| l.split_whitespace().next() == Some(label))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+}
+
+#[test]
+fn stopped_child_is_listed_as_stopped_not_exited_and_runs_again_after_cont() {
+    let mut brood = Brood::new("stopcont")
+        .opts(["-i"])
+        .stdin_pipe()
+        .prog("sh")
+        .args(["-c", "echo ready; kill -STOP $$; echo resumed; exec sleep 1000"])
+        .start();
+    brood.send("\n");
+    let pid = brood.wait_spawned(1)[0];
+    wait_for(DEADLINE, "the child to stop itself", || {
+        proc_state(pid) == Some('T')
+    });
+    let mark = brood.stderr().len();
+    brood.send("l\n");
+    let ok = try_wait_for(DEADLINE, || {
+        listed_state(&stderr_after(&brood, mark), "sh.1").as_deref() == Some("stopped")
+    });
+    assert!(ok, "not listed as stopped:\n{}", stderr_after(&brood, mark));
+    assert!(
+        events_of(&brood.events(), "exit").is_empty(),
+        "a stop is not an exit"
+    );
+    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+    brood.wait_stdout("resumed", |s| s.contains("sh.1 | resumed"));
+    let mark = brood.stderr().len();
+    brood.send("l\n");
+    let ok = try_wait_for(DEADLINE, || {
+        listed_state(&stderr_after(&brood, mark), "sh.1").as_deref() == Some("running")
+    });
+    assert!(ok, "not listed as running:\n{}", stderr_after(&brood, mark));
+    assert!(
+        events_of(&brood.events(), "exit").is_empty(),
+        "a continue is not an exit"
+    );
+    brood.send("q\n");
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    let exits = out.events_of("exit");
+    assert_eq!(exits.len(), 1, "{}", out.context());
+    assert_eq!(exits[0]["signal"], "SIGTERM", "{}", out.context());
+    assert_counts_exact(&out);
+}
+
+// ---------------------------------------------------------------------------
+// brood killed with SIGKILL
+
+#[test]
+fn sigkilled_brood_takes_every_child_with_it() {
+    // Even counters exec sleep, odd ones lastwords (which traps TERM).
+    let brood = Brood::new("sigkill")
+        .opts(["-n", "20", "-j", "20"])
+        .prog("sh")
+        .args([
+            OsStr::new("-c"),
+            OsStr::new("if [ $(($1 % 2)) = 0 ]; then exec sleep 1000; else exec \"$0\" \"$1\"; fi"),
+            script("lastwords").as_os_str(),
+        ])
+        .start();
+    let pids = brood.wait_spawned(20);
+    brood.wait_stdout("10 ready lines", |s| s.matches("| ready").count() >= 10);
+    brood.signal(Signal::SIGKILL);
+    let gone = try_wait_for(Duration::from_secs(2), || pids.iter().all(|&p| process_dead(p)));
+    let survivors: Vec<_> = pids.iter().filter(|&&p| !process_dead(p)).collect();
+    let _cleanup = KillOnDrop(pids.clone());
+    assert!(gone, "children survived a SIGKILLed brood by 2 s: {survivors:?}");
+    let out = brood.finish();
+    assert_eq!(out.code(), None, "brood was SIGKILLed");
+}
+
+// ---------------------------------------------------------------------------
+// A grandchild holding the pipe
+
+/// Spawns one `sh` that leaves a grandchild (setsid'd or not) holding its
+/// stdout, prints the grandchild's pid and exits; returns the session, the
+/// grandchild pid and the child's spawn time.
+fn pipe_holder(name: &str, setsid: bool) -> (Running, i32) {
+    let cmd = if setsid {
+        "setsid sleep 1000 & echo gc $!; exit 0"
+    } else {
+        "sleep 1000 & echo gc $!; exit 0"
+    };
+    let mut brood = Brood::new(name)
+        .opts(["-i", "--grace", "3s"])
+        .stdin_pipe()
+        .prog("sh")
+        .args(["-c", cmd])
+        .start();
+    brood.send("\n");
+    brood.wait_stdout("the grandchild pid", |s| s.contains("sh.1 | gc "));
+    let gc: i32 = brood
+        .stdout_str()
+        .split("sh.1 | gc ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("grandchild pid");
+    // The exit is reported although the pipe stays open.
+    let start = Instant::now();
+    brood.wait_events("the child's exit", |ev| events_of(ev, "exit").len() == 1);
+    assert!(start.elapsed() < Duration::from_secs(2), "exit reported late");
+    (brood, gc)
+}
+
+fn assert_shutdown_prompt(out: &Output, since: Instant, limit: Duration) {
+    out.assert_code(0).assert_no_panic();
+    assert!(
+        since.elapsed() < limit,
+        "shutdown took {:?}{}",
+        since.elapsed(),
+        out.context()
+    );
+    assert_counts_exact(out);
+}
+
+#[test]
+fn pipe_held_by_grandchild_q_shuts_down() {
+    let (mut brood, gc) = pipe_holder("holder-q", false);
+    let _cleanup = KillOnDrop(vec![gc]);
+    let t = Instant::now();
+    brood.send("q\n");
+    let out = brood.finish();
+    assert_shutdown_prompt(&out, t, Duration::from_secs(5));
+    assert!(
+        process_dead(gc),
+        "the grandchild in the child's group must die with it"
+    );
+}
+
+#[test]
+fn pipe_held_by_setsid_grandchild_eof_shuts_down() {
+    let (mut brood, gc) = pipe_holder("holder-eof", true);
+    let _cleanup = KillOnDrop(vec![gc]);
+    let t = Instant::now();
+    brood.close_stdin();
+    let out = brood.finish();
+    assert_shutdown_prompt(&out, t, Duration::from_secs(5));
+}
+
+#[test]
+fn pipe_held_by_setsid_grandchild_sigterm_shuts_down() {
+    let (brood, gc) = pipe_holder("holder-term", true);
+    let _cleanup = KillOnDrop(vec![gc]);
+    let t = Instant::now();
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    assert_shutdown_prompt(&out, t, Duration::from_secs(5));
+}
+
+#[test]
+fn pipe_held_by_setsid_grandchild_batch_gives_up_after_about_a_second() {
+    let b = Brood::new("holder-batch")
+        .opts(["-n", "1"])
+        .prog("sh")
+        .args(["-c", "setsid sleep 1000 & echo gc $!; exit 0"]);
+    let brood = b.start();
+    brood.wait_stdout("the grandchild pid", |s| s.contains("| gc "));
+    let gc: i32 = brood
+        .stdout_str()
+        .split("| gc ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("grandchild pid");
+    let _cleanup = KillOnDrop(vec![gc]);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    let events = out.events();
+    let exit_ts = events_of(&events, "exit")[0]["ts"].as_f64().unwrap();
+    let end_ts = summary(&out)["ts"].as_f64().unwrap();
+    assert!(
+        end_ts - exit_ts < 3.0,
+        "brood waited {:.2}s on a pipe held outside every group{}",
+        end_ts - exit_ts,
+        out.context()
+    );
+    assert_counts_exact(&out);
+}
+
+// ---------------------------------------------------------------------------
+// Signal storms
+
+#[test]
+fn signal_storm_of_usr1_usr2_chld_loses_no_exit() {
+    let brood = Brood::new("sigstorm")
+        .opts(["-n", "300", "-j", "30", "-q"])
+        .prog("sh")
+        .args(["-c", "sleep 0.02"])
+        .watchdog(Duration::from_secs(40))
+        .start();
+    // Only once brood is up: before it installs its handlers, USR1's
+    // default action would kill it, as it would any process.
+    brood.wait_spawned(1);
+    let pid = brood.pid();
+    // brood is not reaped before finish(), so its pid cannot be reused while
+    // the storm runs.
+    let storm = thread::spawn(move || {
+        let mut sent = 0;
+        for _ in 0..2000 {
+            for sig in [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGCHLD] {
+                if kill(Pid::from_raw(pid), sig).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+    let sent = storm.join().unwrap();
+    let out = brood.finish();
+    assert!(sent > 0);
+    out.assert_code(0).assert_no_panic();
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "spawned"), 300, "{}", out.context());
+    assert_eq!(count(&s, "succeeded"), 300, "{}", out.context());
+}
+
+#[test]
+fn signal_storm_of_sighup_shuts_down_once_and_cleanly() {
+    let mut brood = Brood::new("hupstorm")
+        .opts(["-i"])
+        .stdin_pipe()
+        .prog("sleep")
+        .args(["1000"])
+        .start();
+    for _ in 0..5 {
+        brood.send("\n");
+    }
+    brood.wait_spawned(5);
+    let pid = brood.pid();
+    let storm = thread::spawn(move || {
+        for _ in 0..2000 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCHLD);
+        }
+    });
+    storm.join().unwrap();
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    let shutdowns = out.events_of("shutdown");
+    assert_eq!(shutdowns.len(), 1, "{}", out.context());
+    assert_eq!(shutdowns[0]["reason"], "signal:SIGHUP", "{}", out.context());
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "stopped"), 5, "{}", out.context());
+}
+
+// ---------------------------------------------------------------------------
+// Hostile console input
+
+#[test]
+fn console_2000_list_commands_in_one_write_are_all_answered() {
+    let out = Brood::new("l2000")
+        .opts(["-i"])
+        .stdin("l\n".repeat(2000))
+        .prog("true")
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let headers = out
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.starts_with("LABEL"))
+        .count();
+    assert_eq!(headers, 2000, "{}", out.context());
+    summary(&out);
+}
+
+#[test]
+fn console_500_empty_lines_in_one_write_spawn_500_children() {
+    let out = Brood::new("enter500")
+        .opts(["-i", "-q"])
+        .stdin("\n".repeat(500))
+        .prog("true")
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "spawned"), 500, "{}", out.context());
+    assert_eq!(count(&s, "spawn_failed"), 0, "{}", out.context());
+}
+
+#[test]
+fn console_partial_utf8_nuls_and_blank_lines_do_not_crash() {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"\xe2\x82\n"); // a cut-off euro sign
+    input.extend_from_slice(b"   \n"); // only spaces
+    input.extend_from_slice(b"\t \t\n");
+    input.extend_from_slice(b"l\0\n");
+    input.extend_from_slice(b"\0\0\0\n");
+    input.extend_from_slice(b"k \xff\xfe\n");
+    input.extend_from_slice(b"r \xc3\n");
+    input.extend_from_slice(b"l\n");
+    input.extend_from_slice(b"\xf0\x9f\x98"); // cut off, and no newline before EOF
+    let out = Brood::new("console-utf8")
+        .opts(["-i"])
+        .stdin(input)
+        .prog("sleep")
+        .args(["1000"])
+        .run();
+    out.assert_code(0).assert_no_panic();
+    assert!(
+        out.stderr_str().contains("LABEL"),
+        "the final l was answered{}",
+        out.context()
+    );
+    assert_eq!(out.events_of("shutdown")[0]["reason"], "eof", "{}", out.context());
+    assert_counts_exact(&out);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile config
+
+#[track_caller]
+fn assert_env_file_rejected(name: &str, env: &[u8], line: usize) {
+    let b = Brood::new(name);
+    std::fs::write(b.dir().join("Procfile"), "a: echo hi; sleep 1000\n").unwrap();
+    std::fs::write(b.dir().join(".env"), env).unwrap();
+    let out = b.raw_args(["run"]).watchdog(Duration::from_secs(10)).run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains(&format!(".env:{line}:"));
+    assert!(out.stdout.is_empty(), "nothing may start{}", out.context());
+    assert!(
+        !out.stderr_str().contains("spawned"),
+        "nothing may start{}",
+        out.context()
+    );
+}
+
+#[test]
+fn malformed_env_line_without_equals_is_a_config_error() {
+    assert_env_file_rejected("env-noeq", b"A=1\nJUSTAWORD\n", 2);
+}
+
+#[test]
+fn malformed_env_unterminated_quote_is_a_config_error() {
+    assert_env_file_rejected("env-quote", b"# c\n\nA=\"open\n", 3);
+}
+
+#[test]
+fn malformed_env_bad_name_is_a_config_error() {
+    assert_env_file_rejected("env-name", b"1A=x\n", 1);
+}
+
+#[test]
+fn malformed_env_empty_name_is_a_config_error() {
+    assert_env_file_rejected("env-empty", b"=x\n", 1);
+}
+
+#[test]
+fn env_value_with_nul_byte_is_a_config_error() {
+    let b = Brood::new("env-nul");
+    std::fs::write(b.dir().join("Procfile"), "a: echo hi; sleep 1000\n").unwrap();
+    std::fs::write(b.dir().join(".env"), b"A=x\0y\n").unwrap();
+    let out = b.raw_args(["run"]).watchdog(Duration::from_secs(10)).run();
+    out.assert_code(2).assert_no_panic();
+    assert!(out.stdout.is_empty(), "{}", out.context());
+}
+
+#[test]
+fn env_file_of_binary_garbage_never_crashes() {
+    let b = Brood::new("env-junk");
+    std::fs::write(b.dir().join("Procfile"), "a: echo hi; sleep 1000\n").unwrap();
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(b.dir().join(".env"), junk).unwrap();
+    let out = b.raw_args(["run"]).watchdog(Duration::from_secs(10)).run();
+    out.assert_code(2).assert_no_panic();
+}
+
+/// A directory whose name holds a space and a newline.
+const AWKWARD: &str = "dir with space\nand newline";
+
+fn awkward_config(b: &Brood) -> std::path::PathBuf {
+    let dir = b.dir().join(AWKWARD);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("Procfile"),
+        "web: echo \"up with $GREETING\"; sleep 1000\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(".env"), "GREETING=hello-awkward\n").unwrap();
+    dir
+}
+
+fn run_until_up_then_term(brood: Running) -> Output {
+    brood.wait_stdout("the program's line", |s| {
+        s.contains("web.1 | up with hello-awkward")
+    });
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    out
+}
+
+#[test]
+fn config_path_with_space_and_newline_works_with_f() {
+    let b = Brood::new("awkward-f");
+    let dir = awkward_config(&b);
+    let events = b.events_path();
+    let brood = b
+        .raw_args([
+            OsStr::new("run"),
+            OsStr::new("-f"),
+            dir.join("Procfile").as_os_str(),
+            OsStr::new("--events"),
+            events.as_os_str(),
+        ])
+        .start();
+    let out = run_until_up_then_term(brood);
+    assert_counts_exact(&out);
+}
+
+#[test]
+fn config_in_cwd_with_space_and_newline_works() {
+    let b = Brood::new("awkward-cwd");
+    let dir = awkward_config(&b);
+    let script = format!(
+        "cd {} && exec \"$BROOD\" run --events \"$EVENTS\"",
+        sh_quote(dir.to_str().unwrap())
+    );
+    let brood = b.shell(&script).start();
+    let out = run_until_up_then_term(brood);
+    assert_counts_exact(&out);
+}
+
+// ---------------------------------------------------------------------------
+// Arguments
+
+const ARGV_HEX: &str = "import os, sys\nfor a in sys.argv[1:]:\n    print('arg ' + os.fsencode(a).hex())";
+
+fn argv_hex_lines(out: &Output) -> Vec<String> {
+    out.stdout_lines()
+        .iter()
+        .filter_map(|l| split_prefixed(l).map(|(_, r)| r.to_owned()))
+        .filter_map(|r| r.strip_prefix("arg ").map(str::to_owned))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn empty_newline_and_non_utf8_arguments_reach_the_child_unchanged() {
+    let args: Vec<&[u8]> = vec![
+        b"",
+        b"a\nb",
+        b"\xff\xfe\x80",
+        b" ",
+        b"tab\there",
+        b"\n",
+        b"caf\xc3\xa9",
+    ];
+    let out = Brood::new("argv")
+        .opts(["-n", "1"])
+        .prog("python3")
+        .args(["-c", ARGV_HEX])
+        .args(args.iter().map(|a| OsStr::from_bytes(a)))
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let mut expect: Vec<String> = args.iter().map(|a| hex(a)).collect();
+    expect.push(hex(b"1"));
+    assert_eq!(argv_hex_lines(&out), expect, "{}", out.context());
+}
+
+#[test]
+fn no_shell_in_spawn_mode_metacharacters_are_literal() {
+    let args = ["a;b", "$(id)", "`id`", "*", "$HOME", "a|b", "> x"];
+    let out = Brood::new("noshell")
+        .opts(["-n", "1"])
+        .prog("python3")
+        .args(["-c", ARGV_HEX])
+        .args(args)
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let mut expect: Vec<String> = args.iter().map(|a| hex(a.as_bytes())).collect();
+    expect.push(hex(b"1"));
+    assert_eq!(argv_hex_lines(&out), expect, "{}", out.context());
+}
+
+#[test]
+fn no_shell_in_toml_command_metacharacters_are_literal() {
+    let b = Brood::new("noshell-toml");
+    let args = ["a;b", "$(id)", "`id`", "*", "$HOME"];
+    let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    std::fs::write(
+        b.dir().join("brood.toml"),
+        format!(
+            "[program.p]\ncommand = [\"python3\", \"-c\", {:?}, {}]\nrestart = \"never\"\n",
+            ARGV_HEX,
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let events = b.events_path();
+    let brood = b
+        .raw_args([OsStr::new("run"), OsStr::new("--events"), events.as_os_str()])
+        .start();
+    brood.wait_events("p.1 exited", |ev| events_of(ev, "exit").len() == 1);
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_no_panic();
+    let expect: Vec<String> = args.iter().map(|a| hex(a.as_bytes())).collect();
+    assert_eq!(argv_hex_lines(&out), expect, "{}", out.context());
+    assert_eq!(
+        out.events_of("exit")[0]["code"].as_i64(),
+        Some(0),
+        "{}",
+        out.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// What children inherit, whatever brood inherited
+
+#[test]
+fn children_get_clean_fds_and_signals_even_from_a_hostile_parent() {
+    // The wrapper ignores HUP (python also ignores PIPE and XFSZ), blocks
+    // USR1 and USR2, and leaks fd 9 (opened by bash without close-on-exec).
+    let wrapper = "import os, signal, sys\n\
+                   signal.signal(signal.SIGHUP, signal.SIG_IGN)\n\
+                   signal.signal(signal.SIGINT, signal.SIG_IGN)\n\
+                   signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM})\n\
+                   os.execv(sys.argv[1], sys.argv[1:])";
+    let script = format!(
+        "exec 9</dev/null; exec python3 -c {} \"$BROOD\" spawn -n 1 --events \"$EVENTS\" -- \"$SCRIPTS/inspect\"",
+        sh_quote(wrapper)
+    );
+    let out = Brood::new("hostile-parent").shell(&script).run();
+    out.assert_code(0).assert_no_panic();
+    let report: Vec<String> = out
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| split_prefixed(l).map(|(_, r)| r.to_owned()))
+        .collect();
+    let field = |name: &str| {
+        report
+            .iter()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} line{}", out.context()))
+    };
+    assert_eq!(field("fds:"), "0 1 2", "{}", out.context());
+    assert_eq!(field("SigBlk:"), "0000000000000000", "{}", out.context());
+    assert_eq!(field("SigIgn:"), "0000000000000000", "{}", out.context());
+}
+
+#[test]
+fn events_file_is_created_mode_0600_even_with_umask_0() {
+    let b = Brood::new("events-mode2");
+    let events = b.events_path();
+    let brood = b
+        .shell("umask 000; exec \"$BROOD\" spawn -i --events \"$EVENTS\" -- true")
+        .stdin_pipe()
+        .start();
+    wait_for(DEADLINE, "the events file", || events.exists());
+    let mode = std::fs::metadata(&events).unwrap().permissions().mode() & 0o7777;
+    let out = {
+        let mut brood = brood;
+        brood.close_stdin();
+        brood.finish()
+    };
+    out.assert_code(0).assert_no_panic();
+    assert_eq!(mode, 0o600, "events file mode {mode:o}{}", out.context());
+}
+
+#[test]
+fn events_path_that_is_a_symlink_is_refused_and_the_target_untouched() {
+    let b = Brood::new("events-symlink");
+    let elsewhere = TempDir::new("events-symlink-target");
+    let target = elsewhere.join("precious");
+    std::fs::write(&target, "precious data\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&target, b.events_path()).unwrap();
+    let out = b.opts(["-n", "1"]).prog("true").run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("events");
+    assert!(out.stdout.is_empty(), "{}", out.context());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious data\n");
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+        0o644
+    );
+}
+
+#[test]
+fn events_path_that_is_a_dangling_symlink_creates_nothing() {
+    let b = Brood::new("events-dangling");
+    let elsewhere = TempDir::new("events-dangling-target");
+    let target = elsewhere.join("should-not-exist");
+    std::os::unix::fs::symlink(&target, b.events_path()).unwrap();
+    let out = b.opts(["-n", "1"]).prog("true").run();
+    out.assert_code(2).assert_no_panic();
+    assert!(!target.exists(), "brood followed the symlink");
+}
+
+#[test]
+fn control_socket_is_mode_0600_even_with_umask_0() {
+    let b = Brood::new("sock-mode");
+    std::fs::write(b.dir().join("Procfile"), "a: sleep 1000\n").unwrap();
+    let sock = b.dir().join(".brood.sock");
+    let brood = b
+        .shell("umask 000; exec \"$BROOD\" run --events \"$EVENTS\"")
+        .start();
+    wait_for(DEADLINE, "the control socket", || sock.exists());
+    brood.wait_spawned(1);
+    let mode = std::fs::symlink_metadata(&sock).unwrap().permissions().mode() & 0o777;
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert_eq!(mode, 0o600, "socket mode {mode:o}{}", out.context());
+}
