@@ -33,7 +33,16 @@ impl Events {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|e| Error::usage(format!("cannot open events file '{}': {e}", path.display())))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    Error::usage(format!(
+                        "events file '{}' is a symlink; brood does not follow it",
+                        path.display()
+                    ))
+                } else {
+                    Error::usage(format!("cannot open events file '{}': {e}", path.display()))
+                }
+            })?;
         Ok(Events {
             file: Some(file),
             failed: false,

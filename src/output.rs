@@ -29,6 +29,19 @@ pub struct LineFramer {
 impl LineFramer {
     /// Feed bytes; `emit` gets every complete line, without its newline.
     pub fn feed(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        // The common case, whole lines and nothing pending: one pass of
+        // memchr over the whole read.
+        if self.partial.is_empty() && !self.just_cut {
+            let mut start = 0;
+            for nl in memchr::memchr_iter(b'\n', data) {
+                if nl - start > MAX_LINE {
+                    break;
+                }
+                emit(&data[start..nl]);
+                start = nl + 1;
+            }
+            data = &data[start..];
+        }
         while !data.is_empty() {
             if std::mem::take(&mut self.just_cut) && data[0] == b'\n' {
                 data = &data[1..];

@@ -33,6 +33,9 @@ pub(super) fn parse(text: &str) -> Result<Vec<(OsString, OsString)>, (usize, Str
             return Err((i + 1, format!("invalid variable name '{key}'")));
         }
         let value = unquote(value.trim()).map_err(|m| (i + 1, m))?;
+        if value.contains('\0') {
+            return Err((i + 1, format!("the value of {key} contains a NUL byte")));
+        }
         out.push((OsString::from(key), OsString::from(value)));
     }
     Ok(out)
@@ -99,5 +102,6 @@ mod tests {
         assert_eq!(parse("A=1\njunk\n").unwrap_err().0, 2);
         assert_eq!(parse("1A=x").unwrap_err().0, 1);
         assert_eq!(parse("A='x").unwrap_err().0, 1);
+        assert_eq!(parse("A=1\nB=x\0y").unwrap_err().0, 2);
     }
 }

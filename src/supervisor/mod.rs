@@ -41,6 +41,10 @@ const STDOUT: Token = Token(2);
 const STDERR: Token = Token(3);
 const FIRST_PIPE: usize = 16;
 
+/// A pipe's default capacity: one read takes all a pipe holds, and the
+/// buffer stays in cache (1 MiB reads measured slower).
+const DEFAULT_PIPE: usize = 64 * 1024;
+
 /// Reads per loop turn before the loop polls again, so a flood from the
 /// children never delays signals or the console.
 const READ_BUDGET: usize = 128;
@@ -254,7 +258,7 @@ impl Supervisor {
             console,
             shutdown: None,
             stats: Stats::default(),
-            scratch: vec![0u8; 64 * 1024],
+            scratch: vec![0u8; DEFAULT_PIPE],
             control,
         })
     }
