@@ -8,7 +8,7 @@ use brood::policy::{Policy, Slot};
 use brood::{cli, config, control, ctl, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
-use supervisor::{Mode, Options, Program, RunState, SpawnQueue, Supervisor};
+use supervisor::{InstanceEnv, Mode, Options, Program, RunState, SpawnQueue, Supervisor};
 
 fn main() {
     let cli = Cli::parse();
@@ -145,6 +145,11 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let mut slots = Vec::new();
     let mut width = 0;
     let mut grace = std::time::Duration::ZERO;
+    // foreman's convention: PORT from the environment, else 5000, is the base.
+    let port_base: u32 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5000);
     for (index, p) in config.programs.iter().enumerate() {
         for instance in 1..=u64::from(p.numprocs) {
             slots.push(Slot::new(index, instance, format!("{}.{instance}", p.spec.name)));
@@ -152,7 +157,9 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
         grace = grace.max(p.spec.stop_timeout);
         policies.push(Policy::of(p));
-        programs.push(Program::new(p.spec.clone())?);
+        let sets_port = p.spec.env.iter().any(|(k, _)| k == "PORT");
+        let port_base = (!sets_port).then(|| port_base + 100 * index as u32);
+        programs.push(Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }));
     }
     let console = args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, grace);

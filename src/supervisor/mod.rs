@@ -72,6 +72,18 @@ pub struct Program {
     pub spec: ProgramSpec,
     pub name: String,
     pub image: plan::Image,
+    /// Run mode: per-instance variables (PS, PORT), as foreman sets them.
+    instance_env: Option<InstanceEnv>,
+    /// Images with those variables, built on first use of each instance.
+    instances: HashMap<u64, plan::Image>,
+}
+
+/// Variables each instance of a run-mode program gets: `PS=web.2`, and
+/// `PORT=base+n-1` unless the config sets PORT itself (foreman's
+/// convention: 5000 for the first program, 5100 for the second, ...).
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceEnv {
+    pub port_base: Option<u32>,
 }
 
 impl Program {
@@ -83,7 +95,36 @@ impl Program {
             name: spec.name.clone(),
             spec,
             image,
+            instance_env: None,
+            instances: HashMap::new(),
         })
+    }
+
+    pub fn with_instance_env(mut self, env: InstanceEnv) -> Program {
+        self.instance_env = Some(env);
+        self
+    }
+
+    /// Build instance `n`'s image if it has variables of its own.
+    fn prepare(&mut self, n: u64) -> Result<(), Error> {
+        let Some(ie) = self.instance_env else {
+            return Ok(());
+        };
+        if self.instances.contains_key(&n) {
+            return Ok(());
+        }
+        let mut env = self.spec.env.clone();
+        env.push(("PS".into(), format!("{}.{n}", self.name).into()));
+        if let Some(base) = ie.port_base {
+            env.push(("PORT".into(), (u64::from(base) + n - 1).to_string().into()));
+        }
+        let image = plan::Image::new(&self.spec.program, &env, self.spec.cwd.as_deref())?;
+        self.instances.insert(n, image);
+        Ok(())
+    }
+
+    fn image(&self, n: u64) -> &plan::Image {
+        self.instances.get(&n).unwrap_or(&self.image)
     }
 }
 
@@ -348,6 +389,11 @@ impl Supervisor {
     /// Fork and exec one instance. Returns the child's id, or None when it
     /// could not be started (already reported).
     fn spawn_one(&mut self, program: usize, n: u64, slot: Option<usize>) -> Option<u64> {
+        if let Err(e) = self.programs[program].prepare(n) {
+            log::error!("{}.{n}: {e}", self.programs[program].name);
+            self.stats.spawn_failed += 1;
+            return None;
+        }
         let prog = &self.programs[program];
         let label = format!("{}.{}", prog.name, n);
         self.width = self.width.max(label.len());
@@ -370,7 +416,7 @@ impl Supervisor {
         } else {
             Stdio::Capture
         };
-        match spawn::spawn(&self.ctx, &prog.image, &argv, stdio) {
+        match spawn::spawn(&self.ctx, prog.image(n), &argv, stdio) {
             Ok(spawned) => {
                 let pid = spawned.pid.as_raw();
                 let id = self.next_id;
@@ -448,7 +494,7 @@ impl Supervisor {
                 if let SpawnError::Exec { pid, .. } = err {
                     self.doomed.insert(pid.as_raw());
                 }
-                let message = err.describe(&prog.image);
+                let message = err.describe(prog.image(n));
                 log::error!("{message}");
                 self.stats.spawn_failed += 1;
                 self.events.emit(
