@@ -38,3 +38,39 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# --- benchmarks (benches/README.md) -----------------------------------------
+# The C reference programs are built here, with the machine's C compiler, into
+# target/bench/bin; benches/run.py runs brood against them and the peers and
+# writes a table to stdout, TSV and JSON to target/bench/.
+#   make bench        full sizes, installs the peers it can (apt-get, pip)
+#   make bench-quick  small sizes, under a minute
+#   make bench-check  quick sizes, one round: proves every benchmark runs
+BENCH_CC ?= $(if $(shell command -v gcc 2>/dev/null),gcc,cc)
+BENCH_BIN := target/bench/bin
+BENCH_REFS := forkloop prefixer linegen concloop reaploop exitstamp
+BENCH_PY ?= python3
+define bench_refs
+	@mkdir -p $(BENCH_BIN)
+	@for p in $(BENCH_REFS); do \
+		[ $(BENCH_BIN)/$$p -nt benches/ref/$$p.c ] && [ $(BENCH_BIN)/$$p -nt benches/ref/common.h ] || \
+		$(BENCH_CC) -O2 -Wall -Wextra -o $(BENCH_BIN)/$$p benches/ref/$$p.c || exit 1; \
+	done
+	@[ $(BENCH_BIN)/pausechild -nt benches/ref/pausechild.c ] || \
+		$(BENCH_CC) -O2 -Wall -static -o $(BENCH_BIN)/pausechild benches/ref/pausechild.c 2>/dev/null || \
+		$(BENCH_CC) -O2 -Wall -o $(BENCH_BIN)/pausechild benches/ref/pausechild.c
+endef
+
+.PHONY: bench bench-quick bench-check
+
+bench: build
+	$(bench_refs)
+	$(BENCH_PY) benches/run.py --mode full
+
+bench-quick: build
+	$(bench_refs)
+	$(BENCH_PY) benches/run.py --mode quick
+
+bench-check: build
+	$(bench_refs)
+	$(BENCH_PY) benches/run.py --check
