@@ -168,7 +168,9 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         ),
         Stdio::Inherit => (None, None),
     };
-    let (err_r, err_w) = pipe_cloexec().map_err(SpawnError::Fork)?;
+    // Non-blocking: see the read after the clone.
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(SpawnError::Fork)?;
 
     let stdin_fd = if ctx.inherit_stdin {
         0
@@ -230,7 +232,13 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         _ => (None, None),
     };
 
-    // EOF on the error pipe means exec succeeded; 8 bytes mean it did not.
+    // With CLONE_VFORK, clone returns once the child has passed exec's
+    // point of no return or has exited. A failing child writes its 8 bytes
+    // before it exits, so they are here now; a child past the point of no
+    // return can write nothing more. So "nothing to read" already means
+    // success: brood need not wait for EOF, which comes only after the
+    // kernel has closed every close-on-exec fd of the child (thousands, with
+    // thousands of children) and would serialize spawns on that work.
     let mut msg = [0u8; 8];
     let mut got = 0;
     while got < msg.len() {
