@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BROOD := target/release/brood
 
-.PHONY: all build demo test unit integration lint check-child fmt clean
+.PHONY: all build demo test lint check-child fmt clean fuzz
 
 all: build
 
@@ -14,8 +14,11 @@ demo: build
 	@echo "brood spawn: press Enter to spawn a child, l to list, h for help, q to quit"
 	$(BROOD) spawn -- child-scripts/hello
 
+# Every test, then one quick pass of the benchmark suite that proves it runs
+# (it asserts no timing).
 test:
 	$(CARGO) test --all-targets
+	$(MAKE) --no-print-directory bench-check
 
 # The fault-injection stress tests (tests/stress.rs, ~10 s each); `make test` skips them.
 .PHONY: test-stress
@@ -74,3 +77,20 @@ bench-quick: build
 bench-check: build
 	$(bench_refs)
 	$(BENCH_PY) benches/run.py --check
+
+# --- fuzzing (fuzz/README.md) ---------------------------------------------
+# cargo-fuzz (libFuzzer) when a nightly toolchain is there, else the stable
+# mutation fuzzer of tests/fuzz_stable.rs; FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := procfile toml_config dotenv console
+fuzz:
+	@if $(CARGO) +nightly --version >/dev/null 2>&1; then \
+		$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz || exit 1; \
+		cd fuzz && for t in $(FUZZ_TARGETS); do \
+			mkdir -p corpus/$$t; \
+			$(CARGO) +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+		done; \
+	else \
+		echo "no nightly toolchain: running the stable mutation fuzzer"; \
+		FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --test fuzz_stable -- --nocapture; \
+	fi
