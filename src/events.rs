@@ -25,6 +25,14 @@ impl Events {
         }
     }
 
+    /// The writer for `--events PATH`, or none without the flag.
+    pub fn for_flag(path: Option<&Path>) -> Result<Events, Error> {
+        match path {
+            Some(p) => Events::open(p),
+            None => Ok(Events::none()),
+        }
+    }
+
     /// Open (append, create 0600, never through a symlink).
     pub fn open(path: &Path) -> Result<Events, Error> {
         let file = OpenOptions::new()

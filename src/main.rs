@@ -65,26 +65,10 @@ fn print_generated(text: &[u8]) -> Result<i32, Error> {
 }
 
 fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
-    let mut command = args.command.into_iter();
-    let program = command
-        .next()
-        .ok_or_else(|| Error::usage("no program given".into()))?;
-    let name = config::basename(&program);
-    let spec = ProgramSpec {
-        name: name.clone(),
-        program,
-        args: command.collect(),
-        env: Vec::new(),
-        cwd: None,
-        stop_signal: libc::SIGTERM,
-        stop_timeout: args.grace,
-        counter_arg: true,
-    };
+    let spec = ProgramSpec::from_command(args.command, args.grace, true)?;
+    let name = spec.name.clone();
     let program = Program::new(spec)?;
-    let events = match &args.output.events {
-        Some(path) => Events::open(path)?,
-        None => Events::none(),
-    };
+    let events = Events::for_flag(args.output.events.as_deref())?;
     let batch = args.count.is_some();
     let console = !batch || args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, args.grace);
@@ -136,10 +120,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         }
         config.programs.retain(|p| args.names.contains(&p.spec.name));
     }
-    let events = match &args.output.events {
-        Some(path) => Events::open(path)?,
-        None => Events::none(),
-    };
+    let events = Events::for_flag(args.output.events.as_deref())?;
     let mut programs = Vec::new();
     let mut policies = Vec::new();
     let mut slots = Vec::new();
@@ -175,20 +156,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
 }
 
 fn run_init(args: InitArgs) -> Result<i32, Error> {
-    let mut command = args.command.into_iter();
-    let program = command
-        .next()
-        .ok_or_else(|| Error::usage("no command given".into()))?;
-    let spec = ProgramSpec {
-        name: config::basename(&program),
-        program,
-        args: command.collect(),
-        env: Vec::new(),
-        cwd: None,
-        stop_signal: libc::SIGTERM,
-        stop_timeout: args.grace,
-        counter_arg: false,
-    };
+    let spec = ProgramSpec::from_command(args.command, args.grace, false)?;
     init::run(
         spec,
         init::InitOptions {

@@ -65,6 +65,31 @@ pub struct ProgramSpec {
     pub counter_arg: bool,
 }
 
+impl ProgramSpec {
+    /// A program given on the command line (`spawn`, `init`): PROG and its
+    /// arguments, no environment changes, stopped with SIGTERM.
+    pub fn from_command(
+        command: Vec<OsString>,
+        stop_timeout: Duration,
+        counter_arg: bool,
+    ) -> Result<ProgramSpec, Error> {
+        let mut command = command.into_iter();
+        let program = command
+            .next()
+            .ok_or_else(|| Error::usage("no program given".into()))?;
+        Ok(ProgramSpec {
+            name: basename(&program),
+            program,
+            args: command.collect(),
+            env: Vec::new(),
+            cwd: None,
+            stop_signal: libc::SIGTERM,
+            stop_timeout,
+            counter_arg,
+        })
+    }
+}
+
 /// When an instance is started again after it exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartPolicy {
