@@ -59,8 +59,14 @@ impl Events {
 
     /// Write `{"ts": ..., "event": kind, ...fields}`.
     pub fn emit(&mut self, kind: &str, fields: Value) {
+        self.emit_at(SystemTime::now(), kind, fields);
+    }
+
+    /// Emit with the time the thing happened (an exit: when it was reaped,
+    /// not when the loop got round to writing it).
+    pub fn emit_at(&mut self, at: SystemTime, kind: &str, fields: Value) {
         let Some(file) = self.file.as_mut() else { return };
-        let ts = SystemTime::now()
+        let ts = at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);

@@ -551,9 +551,10 @@ impl Supervisor {
     fn reap(&mut self) {
         let mut reaped = Vec::new();
         reaper::reap_all(|r| reaped.push(r));
+        let reaped_at = std::time::SystemTime::now();
         for r in reaped {
             match r {
-                Reaped::Exited { pid, status } => self.on_exit(pid, status),
+                Reaped::Exited { pid, status } => self.on_exit(pid, status, reaped_at),
                 Reaped::Stopped { pid, signal } => {
                     if let Some(child) = self.by_pid.get(&pid).and_then(|id| self.children.get_mut(id)) {
                         log::info!("{} pid {pid} stopped by {}", child.label, signals::name(signal));
@@ -574,7 +575,7 @@ impl Supervisor {
         }
     }
 
-    fn on_exit(&mut self, pid: i32, status: ExitStatus) {
+    fn on_exit(&mut self, pid: i32, status: ExitStatus, reaped_at: std::time::SystemTime) {
         if self.doomed.remove(&pid) {
             return;
         }
@@ -604,7 +605,8 @@ impl Supervisor {
             ExitStatus::Code(c) => (Some(c), None, false),
             ExitStatus::Signal { signal, core } => (None, Some(signals::name(signal)), core),
         };
-        self.events.emit(
+        self.events.emit_at(
+            reaped_at,
             "exit",
             json!({"label": child.label, "pid": pid, "code": code, "signal": signal,
                    "core": core, "runtime_ms": runtime.as_millis() as u64}),
