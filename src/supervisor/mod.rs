@@ -534,11 +534,17 @@ impl Supervisor {
             match sig {
                 SIGCHLD => self.reap(),
                 SIGINT | SIGTERM | SIGHUP => {
-                    if self.shutdown.is_some() {
-                        if sig == SIGINT || sig == SIGTERM {
-                            log::info!("second {}: killing every child now", signals::name(sig));
-                            self.escalate();
-                        }
+                    let escalated = self.shutdown.as_ref().map(|sd| sd.escalated);
+                    if sig == SIGHUP && escalated.is_some() {
+                        // Already shutting down: a hangup adds nothing.
+                    } else if escalated == Some(true) {
+                        // Children are SIGKILLed already; what still holds
+                        // brood is output nobody reads. Asked again: drop it.
+                        log::warn!("{} again: dropping output nobody reads", signals::name(sig));
+                        self.abandon_output();
+                    } else if escalated == Some(false) {
+                        log::info!("second {}: killing every child now", signals::name(sig));
+                        self.escalate();
                     } else {
                         self.begin_shutdown(format!("signal:{}", signals::name(sig)));
                     }
@@ -825,6 +831,26 @@ impl Supervisor {
             }
         }
         (self.stdout.pending() == 0 || self.stdout.closed) && self.stderr.pending() == 0
+    }
+
+    /// Give up on output that cannot be written (a reader that stopped
+    /// reading): close the sinks and every pipe. Only on a third request.
+    fn abandon_output(&mut self) {
+        // Only a stream that is stuck: brood's summary still goes to a
+        // stderr that is being read.
+        for sink in [&mut self.stdout, &mut self.stderr] {
+            if sink.pending() > 0 {
+                sink.close();
+            }
+        }
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        for id in ids {
+            self.close_pipe(id, Stream::Stdout);
+            self.close_pipe(id, Stream::Stderr);
+        }
+        if let Some(sd) = self.shutdown.as_mut() {
+            sd.drain_until = Some(Instant::now());
+        }
     }
 
     /// Read what is left in every pipe whose sink has room, then close it.
