@@ -404,8 +404,16 @@ fn signal_hup_reaches_a_trapping_child() {
 #[test]
 fn signal_accepts_the_sig_prefix_and_numbers() {
     let server = Server::start("signal-forms", WEB);
-    for form in ["SIGHUP", "1"] {
+    // One at a time: two HUPs pending at once coalesce into one delivery.
+    for (i, form) in ["SIGHUP", "1"].into_iter().enumerate() {
         server.ctl(&["signal", form, "web.1"]).assert_code(0);
+        server.brood.wait_stdout("a HUP per signal", |s| {
+            prefixed(s)
+                .iter()
+                .filter(|(l, t)| l == "web.1" && t == "got HUP")
+                .count()
+                > i
+        });
     }
     server.brood.wait_stdout("two HUPs", |s| {
         prefixed(s)
