@@ -13,57 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
-use serde_json::Value;
 use util::*;
-
-fn count(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("summary field {field} missing: {v}"))
-}
-
-/// The summary is the last line; spawn events == exit events ==
-/// summary.spawned, each pid exits once; spawn_failed agrees too.
-#[track_caller]
-fn assert_counts_exact(out: &Output) -> Value {
-    let events = out.events();
-    let s = events.last().cloned().unwrap_or_default();
-    assert_eq!(s["event"], "summary", "summary is not last{}", out.context());
-    assert_eq!(events_of(&events, "summary").len(), 1, "{}", out.context());
-    let spawned: Vec<i64> = events_of(&events, "spawn")
-        .iter()
-        .map(|e| e["pid"].as_i64().unwrap())
-        .collect();
-    let exited: Vec<i64> = events_of(&events, "exit")
-        .iter()
-        .map(|e| e["pid"].as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        spawned.len(),
-        exited.len(),
-        "spawn vs exit events{}",
-        out.context()
-    );
-    assert_eq!(spawned.len() as i64, count(&s, "spawned"), "{}", out.context());
-    assert_eq!(
-        events_of(&events, "spawn_failed").len() as i64,
-        count(&s, "spawn_failed"),
-        "{}",
-        out.context()
-    );
-    let a: HashSet<i64> = spawned.iter().copied().collect();
-    let b: HashSet<i64> = exited.iter().copied().collect();
-    assert_eq!(a.len(), spawned.len(), "a pid spawned twice{}", out.context());
-    assert_eq!(b.len(), exited.len(), "a pid exited twice{}", out.context());
-    assert_eq!(a, b, "spawned and exited pids differ{}", out.context());
-    assert_eq!(
-        count(&s, "succeeded") + count(&s, "failed") + count(&s, "stopped"),
-        count(&s, "spawned"),
-        "{}",
-        out.context()
-    );
-    s
-}
 
 /// Pids of live (non-zombie) processes whose argv[1] is `token`.
 fn live_with_arg(token: &str) -> Vec<i32> {

@@ -1084,3 +1084,67 @@ pub fn label_of(events: &[Value], pid: i32) -> Option<String> {
         .find(|e| e["pid"].as_i64() == Some(pid as i64))
         .and_then(|e| e["label"].as_str().map(str::to_owned))
 }
+
+// ---------------------------------------------------------------------------
+// Event accounting (reliability and stress tests)
+
+/// The one summary event, which must be the last line of the events file.
+#[track_caller]
+pub fn summary(out: &Output) -> serde_json::Value {
+    let events = out.events();
+    let last = events
+        .last()
+        .unwrap_or_else(|| panic!("no events{}", out.context()));
+    assert_eq!(last["event"], "summary", "summary is not last{}", out.context());
+    assert_eq!(events_of(&events, "summary").len(), 1, "{}", out.context());
+    last.clone()
+}
+
+pub fn count(v: &serde_json::Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("summary field {field} missing: {v}"))
+}
+
+/// spawn events == exit events == summary.spawned, spawn_failed events ==
+/// summary.spawn_failed, succeeded + failed + stopped == spawned, every
+/// spawned pid has exactly one exit event. Returns the summary.
+#[track_caller]
+pub fn assert_counts_exact(out: &Output) -> serde_json::Value {
+    let events = out.events();
+    let s = summary(out);
+    let spawns = events_of(&events, "spawn");
+    let exits = events_of(&events, "exit");
+    let failed = events_of(&events, "spawn_failed");
+    assert_eq!(spawns.len(), exits.len(), "spawn vs exit events{}", out.context());
+    assert_eq!(spawns.len() as i64, count(&s, "spawned"), "{}", out.context());
+    assert_eq!(
+        failed.len() as i64,
+        count(&s, "spawn_failed"),
+        "{}",
+        out.context()
+    );
+    assert_eq!(
+        count(&s, "succeeded") + count(&s, "failed") + count(&s, "stopped"),
+        count(&s, "spawned"),
+        "{}",
+        out.context()
+    );
+    let spawned: HashSet<i64> = spawns.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+    let exited: Vec<i64> = exits.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+    let exited_set: HashSet<i64> = exited.iter().copied().collect();
+    assert_eq!(spawned.len(), spawns.len(), "pid reported twice{}", out.context());
+    assert_eq!(
+        exited_set.len(),
+        exited.len(),
+        "exit reported twice{}",
+        out.context()
+    );
+    assert_eq!(
+        spawned,
+        exited_set,
+        "spawned and exited pids differ{}",
+        out.context()
+    );
+    s
+}
