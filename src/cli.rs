@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Control socket (default: .brood.sock beside the config file).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Instances of a program, over the config's numprocs (foreman's -m,
+    /// honcho's -c); may repeat: `-c web=2 -c worker=3`.
+    #[arg(short = 'c', long = "scale", value_name = "NAME=N")]
+    pub scale: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Start only these programs (default: all).

@@ -120,6 +120,25 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         }
         config.programs.retain(|p| args.names.contains(&p.spec.name));
     }
+    for spec in &args.scale {
+        let (name, count) = spec
+            .split_once('=')
+            .and_then(|(n, c)| Some((n, c.parse::<u32>().ok().filter(|c| (1..=10_000).contains(c))?)))
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "--scale takes NAME=N with N from 1 to 10000, not '{spec}'"
+                ))
+            })?;
+        match config.programs.iter_mut().find(|p| p.spec.name == name) {
+            Some(p) => p.numprocs = count,
+            None => {
+                return Err(Error::usage(format!(
+                    "--scale: no program '{name}' in {}",
+                    path.display()
+                )))
+            }
+        }
+    }
     let events = Events::for_flag(args.output.events.as_deref())?;
     let mut programs = Vec::new();
     let mut policies = Vec::new();

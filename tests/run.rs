@@ -1015,3 +1015,41 @@ fn example_procfile_runs_with_its_dotenv() {
     assert_ended(&out, "console");
     assert!(out.events_of("spawn_failed").is_empty(), "{}", out.context());
 }
+
+#[test]
+fn scale_flag_sets_instances_and_each_gets_ps_and_port() {
+    let mut brood = run_in(
+        "scale-flag",
+        &[(
+            "Procfile",
+            "web: echo \"$PS on $PORT\"\napi: echo \"$PS on $PORT\"\n",
+        )],
+        &["-c", "web=3"],
+    )
+    .start();
+    wait_exited(&mut brood);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    let stdout = out.stdout_str();
+    for (label, text) in [
+        ("web.1", "web.1 on 5000"),
+        ("web.2", "web.2 on 5001"),
+        ("web.3", "web.3 on 5002"),
+        ("api.1", "api.1 on 5100"),
+    ] {
+        assert!(has_line(&stdout, label, text), "{label}: {text}{}", out.context());
+    }
+}
+
+#[test]
+fn scale_flag_with_unknown_program_is_a_usage_error() {
+    let out = run_in(
+        "scale-unknown",
+        &[("Procfile", "web: touch ran-marker\n")],
+        &["-c", "nope=2"],
+    )
+    .run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("no program 'nope'");
+    assert!(out.events_of("spawn").is_empty(), "{}", out.context());
+}
