@@ -54,9 +54,8 @@ pub struct Child {
     pub started: Instant,
     pub state: State,
     pub pipes: [Option<Pipe>; 2],
-    /// Cached `LABEL | ` prefix and the width it was padded to.
-    pub prefix: Vec<u8>,
-    pub prefix_width: usize,
+    /// Cached `LABEL | ` prefix per stream, and the width it was padded to.
+    pub prefix: [(Vec<u8>, usize); 2],
     /// brood asked it to stop (console `k`, shutdown): its exit is not a
     /// failure.
     pub stop_requested: bool,

@@ -456,8 +456,7 @@ impl Supervisor {
                         started: Instant::now(),
                         state: State::Running,
                         pipes,
-                        prefix: Vec::new(),
-                        prefix_width: 0,
+                        prefix: Default::default(),
                         stop_requested: false,
                         kill_at: None,
                         killed: false,
@@ -975,18 +974,24 @@ impl Supervisor {
             }
             break rc as usize;
         };
-        if child.prefix_width != self.width || child.prefix.is_empty() {
-            let sink_color = self.stdout.color;
-            child.prefix = output::prefix(&child.label, self.width, child.n as usize, sink_color);
-            child.prefix_width = self.width;
-        }
         let sink = match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr if self.shared_streams => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
+        // One cached prefix per stream: each is colored only if its own
+        // sink is a terminal.
+        let cached = &mut child.prefix[stream as usize];
+        if cached.1 != self.width || cached.0.is_empty() {
+            cached.0 = output::prefix(&child.label, self.width, child.n as usize, sink.color);
+            cached.1 = self.width;
+        }
         let opts = &self.opts.output;
-        let prefix: &[u8] = if opts.prefix { &child.prefix } else { b"" };
+        let prefix: &[u8] = if opts.prefix {
+            &child.prefix[stream as usize].0
+        } else {
+            b""
+        };
         let mut ring = self.control.as_mut().and_then(|c| c.rings.get_mut(child.program));
         let label = &child.label;
         let mut emit = |line: &[u8]| {
