@@ -57,6 +57,9 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
     let mut ctx = SpawnContext::new(signals::non_default_dispositions(), None)
         .map_err(|e| Error::io("cannot open /dev/null", e))?;
     ctx.inherit_stdin = true;
+    if tty {
+        ctx.foreground_tty = Some(0);
+    }
     let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
     let argv = plan::build_argv(&spec.program, &spec.args, None, false)?;
     let child = match spawn::spawn(&ctx, &image, &argv, Stdio::Inherit) {

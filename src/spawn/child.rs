@@ -10,7 +10,8 @@
 //!
 //! The calls allowed here, in the order they are made:
 //! `rt_sigaction` (reset brood's handled and ignored signals to SIG_DFL),
-//! `setpgid`, `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
+//! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
+//! `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
 //! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask), `execve`, `write` (the errno to
 //! the error pipe) and `_exit(127)`.
@@ -63,6 +64,10 @@ pub struct ChildSetup<'a> {
     pub parent_pid: libc::pid_t,
     /// Whether to put the child in its own process group.
     pub new_group: bool,
+    /// A terminal whose foreground the child's new group takes (init mode),
+    /// or -1. Done here, before exec, so the program never runs in the
+    /// background of its terminal, as a shell does it.
+    pub foreground_tty: RawFd,
     /// Highest fd number to mark close-on-exec when close_range is missing.
     pub max_fd: c_int,
     /// brood raised its own RLIMIT_NOFILE; the child gets the one brood
@@ -89,6 +94,11 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 
     if setup.new_group && libc::setpgid(0, 0) != 0 {
         fail(setup.err_fd, Stage::Setup);
+    }
+    if setup.new_group && setup.foreground_tty >= 0 {
+        // SIGTTOU is blocked here, so a background group may take the
+        // terminal. Failure is not fatal: the program runs anyway.
+        libc::tcsetpgrp(setup.foreground_tty, libc::getpid());
     }
 
     if setup.pdeathsig != 0 {

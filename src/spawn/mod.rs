@@ -48,6 +48,8 @@ pub struct SpawnContext {
     /// Give the child brood's stdin instead of /dev/null (init mode).
     pub inherit_stdin: bool,
     pub new_group: bool,
+    /// Give each child the foreground of this terminal (init mode).
+    pub foreground_tty: Option<RawFd>,
     /// The RLIMIT_NOFILE brood started with, when it raised its own.
     pub original_nofile: Option<libc::rlimit>,
 }
@@ -76,6 +78,7 @@ impl SpawnContext {
             child_stack: std::cell::UnsafeCell::new(vec![0u128; CHILD_STACK_BYTES / 16].into_boxed_slice()),
             inherit_stdin: false,
             new_group: true,
+            foreground_tty: None,
             original_nofile,
         })
     }
@@ -192,6 +195,7 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         pdeathsig: ctx.pdeathsig.unwrap_or(0),
         parent_pid: ctx.parent_pid,
         new_group: ctx.new_group,
+        foreground_tty: ctx.foreground_tty.unwrap_or(-1),
         max_fd: ctx.max_fd,
         nofile: ctx.original_nofile,
     };
