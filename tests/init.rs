@@ -264,7 +264,9 @@ bash -c '
     while :; do sleep 0.02; done
 ' &
 gc=$!
-trap 'echo cmd got USR1; kill -USR2 $gc' USR1
+# The pause lets a grandchild that got the group's USR1 report it first,
+# even on a loaded machine.
+trap 'echo cmd got USR1; sleep 0.3; kill -USR2 $gc' USR1
 echo "cmd $$"
 wait $gc
 # wait returns early when a trapped signal arrives: wait again for the end.
