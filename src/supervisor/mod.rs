@@ -6,7 +6,7 @@
 //! `epoll_wait` and uses no CPU. Shutdown is a state entered once; only the
 //! top of [`Supervisor::run`] ends the loop.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -202,6 +202,9 @@ pub struct Supervisor {
     /// Groups whose leader is reaped but that still had members: pgid to label.
     lingering: HashMap<i32, String>,
     ready: VecDeque<Token>,
+    /// Pending SIGKILL escalations, soonest first: the loop reads the
+    /// nearest one without walking the whole process table.
+    kill_queue: BTreeSet<(Instant, u64)>,
     stdout: Sink,
     stderr: Sink,
     /// stdout and stderr are one pipe or terminal (`2>&1`): one writer for
@@ -291,6 +294,7 @@ impl Supervisor {
             doomed: HashSet::new(),
             lingering: HashMap::new(),
             ready: VecDeque::new(),
+            kill_queue: BTreeSet::new(),
             stdout,
             stderr,
             shared_streams,
@@ -592,7 +596,9 @@ impl Supervisor {
             return;
         };
         child.state = State::Exited(status);
-        child.kill_at = None;
+        if let Some(t) = child.kill_at.take() {
+            self.kill_queue.remove(&(t, id));
+        }
         self.alive -= 1;
         if let Mode::Spawn(q) = &mut self.mode {
             q.starved = false;
@@ -645,7 +651,9 @@ impl Supervisor {
         let sig = spec.stop_signal;
         child.stop_requested = true;
         child.state = State::Stopping;
-        child.kill_at = Some(Instant::now() + grace);
+        let deadline = Instant::now() + grace;
+        child.kill_at = Some(deadline);
+        self.kill_queue.insert((deadline, id));
         children::signal_group(child.pid, sig);
         // A stopped (SIGSTOP) group would never act on SIGTERM.
         children::signal_group(child.pid, SIGCONT);
@@ -722,6 +730,7 @@ impl Supervisor {
             child.kill_at = None;
             child.killed = true;
         }
+        self.kill_queue.clear();
         for (pgid, label) in targets {
             self.kill_group(pgid, &label);
         }
@@ -741,17 +750,17 @@ impl Supervisor {
     }
 
     fn on_deadlines(&mut self, now: Instant) {
-        let due: Vec<(i32, String, u64)> = self
-            .children
-            .values()
-            .filter(|c| c.kill_at.is_some_and(|t| t <= now))
-            .map(|c| (c.pid, c.label.clone(), c.id))
-            .collect();
-        for (pgid, label, id) in due {
-            if let Some(c) = self.children.get_mut(&id) {
-                c.kill_at = None;
-                c.killed = true;
+        while let Some(&(t, id)) = self.kill_queue.first() {
+            if t > now {
+                break;
             }
+            self.kill_queue.pop_first();
+            let Some(c) = self.children.get_mut(&id) else {
+                continue;
+            };
+            c.kill_at = None;
+            c.killed = true;
+            let (pgid, label) = (c.pid, c.label.clone());
             self.kill_group(pgid, &label);
         }
         if self
@@ -783,10 +792,8 @@ impl Supervisor {
                 consider(t);
             }
         }
-        for child in self.children.values() {
-            if let Some(t) = child.kill_at {
-                consider(t);
-            }
+        if let Some(&(t, _)) = self.kill_queue.first() {
+            consider(t);
         }
         if let Some(sd) = &self.shutdown {
             if !sd.escalated {
@@ -921,7 +928,6 @@ impl Supervisor {
             }
         }
         self.ready.extend(blocked);
-        self.ready.make_contiguous();
         self.dedup_ready();
         let queued = logging::take_queued();
         self.err_sink().push_raw(&queued);
