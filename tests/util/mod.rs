@@ -147,16 +147,20 @@ pub fn process_dead(pid: i32) -> bool {
     }
 }
 
+/// Every pid in /proc right now.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .collect()
+}
+
 /// `(pid, state)` of every process whose parent is `ppid`.
 pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in all_pids() {
         if proc_ppid(pid) == Some(ppid) {
             if let Some(state) = proc_state(pid) {
                 out.push((pid, state));
