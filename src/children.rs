@@ -6,6 +6,7 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use crate::core::ids::{ChildId, InstanceId, ProgramId};
 use crate::output::LineFramer;
 use crate::reaper::ExitStatus;
 
@@ -46,8 +47,8 @@ pub struct Pipe {
 }
 
 pub struct Child {
-    pub id: u64,
-    pub program: usize,
+    pub id: ChildId,
+    pub program: ProgramId,
     pub n: u64,
     pub label: String,
     pub pid: i32,
@@ -59,11 +60,10 @@ pub struct Child {
     /// brood asked it to stop (console `k`, shutdown): its exit is not a
     /// failure.
     pub stop_requested: bool,
-    pub kill_at: Option<Instant>,
     /// SIGKILL was sent to its group already.
     pub killed: bool,
     /// The run-mode instance this child is a run of.
-    pub slot: Option<usize>,
+    pub instance: Option<InstanceId>,
 }
 
 impl Child {
@@ -73,40 +73,5 @@ impl Child {
 
     pub fn uptime(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.started)
-    }
-}
-
-/// `4.2s`, `3m05s`, `2h07m`: short enough for a table.
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s < 60 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
-/// Whether a process group still has a member. A group's id cannot be
-/// reused while it has members, so this never answers for a stranger.
-pub fn group_alive(pgid: i32) -> bool {
-    unsafe { libc::kill(-pgid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
-}
-
-/// Send `sig` to a process group. ESRCH (already gone) is not an error.
-pub fn signal_group(pgid: i32, sig: i32) -> bool {
-    unsafe { libc::kill(-pgid, sig) == 0 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_duration(Duration::from_millis(4200)), "4.2s");
-        assert_eq!(human_duration(Duration::from_secs(185)), "3m05s");
-        assert_eq!(human_duration(Duration::from_secs(7620)), "2h07m");
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{CtlArgs, CtlVerb};
 use crate::config;
+use crate::core::status::{render_table, InstanceStatus};
 use crate::error::Error;
 
 fn socket_path(args: &CtlArgs) -> Result<PathBuf, Error> {
@@ -135,36 +136,8 @@ fn print_line(v: &Value) {
 }
 
 fn print_status(programs: &Value) {
-    let rows = programs.as_array().cloned().unwrap_or_default();
-    let w = rows
-        .iter()
-        .filter_map(|r| r["label"].as_str())
-        .map(str::len)
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    println!(
-        "{:<w$}  {:>7}  {:<8}  {:>9}  {:>8}  LAST EXIT",
-        "LABEL", "PID", "STATE", "UPTIME", "RESTARTS"
-    );
-    for r in rows {
-        let pid = r["pid"].as_i64().map_or("-".to_string(), |p| p.to_string());
-        let uptime = r["uptime_ms"].as_u64().map_or("-".to_string(), |ms| {
-            crate::children::human_duration(std::time::Duration::from_millis(ms))
-        });
-        let last = match (&r["last_exit"]["code"], &r["last_exit"]["signal"]) {
-            (Value::Number(c), _) => format!("exited with code {c}"),
-            (_, Value::String(s)) => format!("killed by signal {s}"),
-            _ => "-".to_string(),
-        };
-        println!(
-            "{:<w$}  {:>7}  {:<8}  {:>9}  {:>8}  {}",
-            r["label"].as_str().unwrap_or("?"),
-            pid,
-            r["state"].as_str().unwrap_or("?"),
-            uptime,
-            r["restarts"].as_u64().unwrap_or(0),
-            last
-        );
+    match serde_json::from_value::<Vec<InstanceStatus>>(programs.clone()) {
+        Ok(rows) => print!("{}", render_table(&rows)),
+        Err(e) => eprintln!("brood: error: malformed status reply: {e}"),
     }
 }

@@ -8,8 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
-
+use crate::core::event::Event;
 use crate::error::Error;
 
 pub struct Events {
@@ -58,26 +57,26 @@ impl Events {
     }
 
     /// Write `{"ts": ..., "event": kind, ...fields}`.
-    pub fn emit(&mut self, kind: &str, fields: Value) {
-        self.emit_at(SystemTime::now(), kind, fields);
+    pub fn emit(&mut self, event: &Event) {
+        self.emit_at(SystemTime::now(), event);
     }
 
     /// Emit with the time the thing happened (an exit: when it was reaped,
     /// not when the loop got round to writing it).
-    pub fn emit_at(&mut self, at: SystemTime, kind: &str, fields: Value) {
+    pub fn emit_at(&mut self, at: SystemTime, event: &Event) {
         let Some(file) = self.file.as_mut() else { return };
         let ts = at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let mut obj = Map::new();
-        obj.insert("ts".into(), Value::from(ts));
-        obj.insert("event".into(), Value::from(kind));
-        if let Value::Object(more) = fields {
-            obj.extend(more);
-        }
-        let mut line = Value::Object(obj).to_string();
-        line.push('\n');
+        let line = match serde_json::to_string(event) {
+            // `{"event":...}` becomes `{"ts":...,"event":...}`.
+            Ok(body) => format!("{{\"ts\":{ts},{}\n", &body[1..]),
+            Err(e) => {
+                log::error!("cannot encode an event: {e}");
+                return;
+            }
+        };
         if let Err(e) = file.write_all(line.as_bytes()) {
             if !self.failed {
                 log::error!("cannot write events file: {e}");

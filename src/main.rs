@@ -2,13 +2,15 @@
 
 use clap::Parser;
 
+use brood::core::ids::ProgramId;
+use brood::core::policy::{Jitter, Policy};
+use brood::core::run::{ProgramEntry, RunCore};
 use brood::error::Error;
 use brood::events::Events;
-use brood::policy::{Policy, Slot};
 use brood::{cli, config, control, ctl, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
-use supervisor::{InstanceEnv, Mode, Options, Program, RunState, SpawnQueue, Supervisor};
+use supervisor::{Driver, InstanceEnv, Options, Program, SpawnQueue, Supervisor};
 
 fn main() {
     let cli = Cli::parse();
@@ -81,7 +83,8 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
         starve_warned: false,
     };
     let width = supervisor::batch_width(&name, args.start, args.count);
-    let outcome = Supervisor::new(vec![program], opts, Mode::Spawn(queue), events, width, None)?.run();
+    let programs = vec![(ProgramId(0), program)];
+    let outcome = Supervisor::new(programs, opts, Driver::Spawn(queue), events, width, None)?.run();
     Ok(outcome.code)
 }
 
@@ -141,8 +144,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     }
     let events = Events::for_flag(args.output.events.as_deref())?;
     let mut programs = Vec::new();
-    let mut policies = Vec::new();
-    let mut slots = Vec::new();
+    let mut entries = Vec::new();
     let mut width = 0;
     let mut grace = std::time::Duration::ZERO;
     // foreman's convention: PORT from the environment, else 5000, is the base.
@@ -151,15 +153,20 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(5000);
     for (index, p) in config.programs.iter().enumerate() {
-        for instance in 1..=u64::from(p.numprocs) {
-            slots.push(Slot::new(index, instance, format!("{}.{instance}", p.spec.name)));
-        }
+        let id = ProgramId(index as u32);
         width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
         grace = grace.max(p.spec.stop_timeout);
-        policies.push(Policy::of(p));
+        let entry = ProgramEntry {
+            name: p.spec.name.clone(),
+            policy: Policy::of(p),
+        };
+        entries.push((id, entry, u64::from(p.numprocs)));
         let sets_port = p.spec.env.iter().any(|(k, _)| k == "PORT");
         let port_base = (!sets_port).then(|| port_base + 100 * index as u32);
-        programs.push(Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }));
+        programs.push((
+            id,
+            Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
+        ));
     }
     let console = args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, grace);
@@ -168,9 +175,9 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         None => config::config_dir(&path).join(".brood.sock"),
     };
     let bound = control::socket::bind(&socket_path)?;
-    let control = supervisor::ControlServer::new(bound, programs.len());
-    let mode = Mode::Run(RunState::new(policies, slots));
-    let outcome = Supervisor::new(programs, opts, mode, events, width, Some(control))?.run();
+    let control = supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id));
+    let driver = Driver::Run(RunCore::new(entries, Jitter::seeded()));
+    let outcome = Supervisor::new(programs, opts, driver, events, width, Some(control))?.run();
     Ok(outcome.code)
 }
 

@@ -3,18 +3,18 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::time::Instant;
 
 use mio::net::UnixStream;
 use mio::{Interest, Token};
 use serde_json::{json, Value};
 
-use super::{run_mode::slot_pid, Mode, Supervisor};
+use super::{Driver, Supervisor};
 use crate::control::ring::{LogLine, Ring};
 use crate::control::socket::{self, Bound};
 use crate::control::{parse_request, Request, MAX_CLIENTS, MAX_PENDING, MAX_REQUEST};
-use crate::policy::Phase;
-use crate::reaper::ExitStatus;
+use crate::core::event::ShutdownReason;
+use crate::core::ids::ProgramId;
+use crate::core::instance::Input;
 
 pub const LISTENER: Token = Token(4);
 pub const FIRST_CLIENT: usize = 1 << 40;
@@ -24,7 +24,7 @@ pub struct ControlServer {
     clients: HashMap<usize, Client>,
     next_client: usize,
     /// Recent output, one ring per program.
-    pub rings: Vec<Ring>,
+    pub rings: HashMap<ProgramId, Ring>,
 }
 
 struct Client {
@@ -39,26 +39,16 @@ struct Client {
 struct Follow {
     target: String,
     /// Next sequence number to send, per program ring.
-    cursors: Vec<u64>,
+    cursors: HashMap<ProgramId, u64>,
 }
 
 impl ControlServer {
-    pub fn new(bound: Bound, programs: usize) -> ControlServer {
+    pub fn new(bound: Bound, programs: impl IntoIterator<Item = ProgramId>) -> ControlServer {
         ControlServer {
             bound,
             clients: HashMap::new(),
             next_client: 0,
-            rings: (0..programs).map(|_| Ring::default()).collect(),
-        }
-    }
-}
-
-fn exit_json(e: Option<ExitStatus>) -> Value {
-    match e {
-        None => Value::Null,
-        Some(ExitStatus::Code(c)) => json!({"code": c, "signal": null}),
-        Some(ExitStatus::Signal { signal, .. }) => {
-            json!({"code": null, "signal": crate::signals::name(signal)})
+            rings: programs.into_iter().map(|p| (p, Ring::default())).collect(),
         }
     }
 }
@@ -223,10 +213,10 @@ impl Supervisor {
 
     fn handle_request(&mut self, id: usize, req: Request) -> Value {
         match req {
-            Request::Status => json!({"ok": true, "programs": self.status_json()}),
-            Request::Start(t) => respond(self.start_instances(&t)),
-            Request::Stop(t) => respond(self.stop_instances(&t)),
-            Request::Restart(t) => respond(self.restart_instances(&t)),
+            Request::Status => json!({"ok": true, "programs": self.snapshot()}),
+            Request::Start(t) => respond(self.request(&t, Input::Start)),
+            Request::Stop(t) => respond(self.request(&t, Input::Stop)),
+            Request::Restart(t) => respond(self.request(&t, Input::Restart)),
             Request::Signal { signal, target } => respond(self.signal_instances(&target, signal)),
             Request::Scale { name, count } => match self.scale(&name, count) {
                 Ok(()) => json!({"ok": true, "name": name, "count": count}),
@@ -238,49 +228,23 @@ impl Supervisor {
                 follow,
             } => self.logs(id, target, lines, follow),
             Request::Shutdown => {
-                self.begin_shutdown("ctl".to_string());
+                self.begin_shutdown(ShutdownReason::Ctl);
                 json!({"ok": true})
             }
         }
     }
 
-    fn status_json(&self) -> Vec<Value> {
-        let now = Instant::now();
-        let Mode::Run(r) = &self.mode else {
-            return Vec::new();
+    /// A logs target: a program (all its instances) or one label.
+    fn log_filter(&self, target: &str) -> Option<(ProgramId, Option<String>)> {
+        let Driver::Run(core) = &self.driver else {
+            return None;
         };
-        r.slots
-            .iter()
-            .filter(|s| s.phase != Phase::Retired)
-            .map(|s| {
-                let uptime = match s.phase {
-                    Phase::Running { since, .. } | Phase::Stopping { since, .. } => {
-                        Value::from(now.saturating_duration_since(since).as_millis() as u64)
-                    }
-                    _ => Value::Null,
-                };
-                json!({
-                    "label": s.label,
-                    "name": self.programs[s.program].name,
-                    "pid": slot_pid(s),
-                    "state": s.phase.name(),
-                    "uptime_ms": uptime,
-                    "restarts": s.restarts,
-                    "last_exit": exit_json(s.last_exit),
-                })
-            })
-            .collect()
-    }
-
-    fn log_filter(&self, target: &str) -> Option<(Option<usize>, Option<String>)> {
-        if let Some(p) = self.programs.iter().position(|p| p.name == target) {
-            return Some((Some(p), None));
+        if let Some(p) = core.program_named(target) {
+            return Some((p, None));
         }
-        let Mode::Run(r) = &self.mode else { return None };
-        r.slots
-            .iter()
-            .find(|s| s.label == target)
-            .map(|s| (Some(s.program), Some(s.label.clone())))
+        core.instances()
+            .find(|i| i.label == target)
+            .map(|i| (i.program, Some(i.label.clone())))
     }
 
     fn logs(&mut self, id: usize, target: String, lines: usize, follow: bool) -> Value {
@@ -291,17 +255,13 @@ impl Supervisor {
             return json!({"ok": false, "error": "no control"});
         };
         let keep = |l: &LogLine| label.as_ref().is_none_or(|want| &l.label == want);
-        let recent: Vec<Value> = program
-            .map(|p| {
-                ctl.rings[p]
-                    .last(lines, keep)
-                    .into_iter()
-                    .map(line_json)
-                    .collect()
-            })
+        let recent: Vec<Value> = ctl
+            .rings
+            .get(&program)
+            .map(|r| r.last(lines, keep).into_iter().map(line_json).collect())
             .unwrap_or_default();
         if follow {
-            let cursors = ctl.rings.iter().map(Ring::next_seq).collect();
+            let cursors = ctl.rings.iter().map(|(p, r)| (*p, r.next_seq())).collect();
             if let Some(client) = ctl.clients.get_mut(&id) {
                 client.follow = Some(Follow { target, cursors });
             }
@@ -329,17 +289,15 @@ impl Supervisor {
                 continue;
             };
             let mut sent = false;
-            for (p, ring) in ctl.rings.iter().enumerate() {
-                if program.is_some_and(|want| want != p) {
-                    continue;
-                }
+            if let Some(ring) = ctl.rings.get(&program) {
                 let keep = |l: &LogLine| label.as_ref().is_none_or(|want| &l.label == want);
-                for l in ring.since(follow.cursors[p], keep) {
+                let cursor = follow.cursors.entry(program).or_insert(0);
+                for l in ring.since(*cursor, keep) {
                     client.out.extend_from_slice(line_json(l).to_string().as_bytes());
                     client.out.push(b'\n');
                     sent = true;
                 }
-                follow.cursors[p] = ring.next_seq();
+                *cursor = ring.next_seq();
             }
             if client.out.len() > MAX_PENDING {
                 client.out.clear();

@@ -1,5 +1,5 @@
-//! Run mode's restart policy as data: what happens to an instance when it
-//! exits, decided by one function that needs no processes to test.
+//! Restart decisions as data: what follows an exit brood did not ask for,
+//! decided by one function that needs no processes to test.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -28,97 +28,23 @@ impl Policy {
     }
 }
 
-/// What the user or brood wants once a stopping instance has exited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AfterStop {
-    /// `k`: stay down until `r`.
-    Hold,
-    /// `r`: start again at once.
-    Restart,
-    /// Shutdown: stay down.
-    Shutdown,
-    /// Scaled away: the instance is removed once it has exited.
-    Retire,
-}
-
-/// Where an instance is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// To be started on the next loop turn.
-    Starting,
-    Running {
-        child: u64,
-        pid: i32,
-        since: Instant,
-    },
-    Stopping {
-        child: u64,
-        pid: i32,
-        since: Instant,
-        then: AfterStop,
-    },
-    Backoff {
-        until: Instant,
-    },
-    /// Stopped by the user; stays down until `r`.
-    Held,
-    /// Exited and its policy does not restart it.
-    Done,
-    /// Failed more than `max_restarts` times within the window.
-    Fatal,
-    /// Removed by `scale`; revived by a later scale up.
-    Retired,
-}
-
-impl Phase {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Running { .. } => "running",
-            Phase::Stopping { .. } => "stopping",
-            Phase::Backoff { .. } => "backoff",
-            Phase::Held => "stopped",
-            Phase::Done => "exited",
-            Phase::Fatal => "fatal",
-            Phase::Retired => "removed",
-        }
-    }
-}
-
-/// One instance of a program: `web.2`.
-#[derive(Clone, Debug)]
-pub struct Slot {
-    pub program: usize,
-    pub instance: u64,
-    pub label: String,
-    pub phase: Phase,
+/// How an instance has been failing: the backoff exponent and the
+/// restarts inside the window.
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
     /// Consecutive failed runs, for the backoff exponent.
     pub attempt: u32,
     /// When each restart within the window happened.
     pub recent_restarts: VecDeque<Instant>,
     /// Restarts over the whole run, for `l` and `status`.
     pub restarts: u32,
-    pub last_exit: Option<ExitStatus>,
 }
 
-impl Slot {
-    pub fn new(program: usize, instance: u64, label: String) -> Slot {
-        Slot {
-            program,
-            instance,
-            label,
-            phase: Phase::Starting,
-            attempt: 0,
-            recent_restarts: VecDeque::new(),
-            restarts: 0,
-            last_exit: None,
-        }
-    }
-
-    /// Whether the instance is down for good (nothing will start it again
-    /// without a request).
-    pub fn settled(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Fatal | Phase::Retired)
+impl Budget {
+    /// A fresh start (`r`, `ctl start`): no backoff carried over.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+        self.recent_restarts.clear();
     }
 }
 
@@ -132,7 +58,7 @@ pub enum Decision {
 /// Decide what follows an exit that brood did not ask for. `jitter` in
 /// [0, 1) spreads restarts of many instances (±10% of the delay).
 pub fn on_unrequested_exit(
-    slot: &mut Slot,
+    slot: &mut Budget,
     policy: &Policy,
     status: Option<ExitStatus>,
     ran_for: Duration,
@@ -221,8 +147,8 @@ mod tests {
         }
     }
 
-    fn slot() -> Slot {
-        Slot::new(0, 1, "w.1".into())
+    fn slot() -> Budget {
+        Budget::default()
     }
 
     const FAIL: Option<ExitStatus> = Some(ExitStatus::Code(1));

@@ -1,0 +1,256 @@
+//! Children's output and brood's own words: reading pipes within a per-turn
+//! budget, framing lines, prefixing them, and writing them whole to the two
+//! sinks (brood's stdout and stderr) without ever blocking the loop.
+
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::Token;
+
+use super::Supervisor;
+use crate::children::Stream;
+use crate::core::ids::ChildId;
+use crate::core::timers::Timer;
+use crate::logging;
+use crate::output::{self, Sink};
+
+/// A pipe's default capacity: one read takes all a pipe holds, and the
+/// buffer stays in cache (1 MiB reads measured slower).
+pub(super) const DEFAULT_PIPE: usize = 64 * 1024;
+
+/// Reads per loop turn before the loop polls again, so a flood from the
+/// children never delays signals or the console.
+const READ_BUDGET: usize = 128;
+
+const FIRST_PIPE: usize = 16;
+
+pub(super) fn pipe_token(id: ChildId, stream: Stream) -> Token {
+    Token(FIRST_PIPE + (id.0 as usize) * 2 + stream as usize)
+}
+
+fn token_pipe(token: Token) -> (ChildId, Stream) {
+    let i = token.0 - FIRST_PIPE;
+    (ChildId((i / 2) as u64), token_stream(token))
+}
+
+pub(super) fn token_stream(token: Token) -> Stream {
+    if (token.0 - FIRST_PIPE) % 2 == 0 {
+        Stream::Stdout
+    } else {
+        Stream::Stderr
+    }
+}
+
+/// One read(2), retried on EINTR: Some(n) (0 at EOF), None when there is
+/// nothing to read now. Another error ends the pipe like EOF.
+fn read_some(fd: i32, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length for the call.
+        let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if rc >= 0 {
+            return Some(rc as usize);
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::EINTR => continue,
+            nix::errno::Errno::EAGAIN => return None,
+            _ => return Some(0),
+        }
+    }
+}
+
+impl Supervisor {
+    pub(super) fn sink(&self, stream: Stream) -> &Sink {
+        match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr if self.shared_streams => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        }
+    }
+
+    /// Where brood's own words and children's stderr go.
+    pub(super) fn err_sink(&mut self) -> &mut Sink {
+        if self.shared_streams {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        }
+    }
+
+    /// Read ready pipes within the budget, then write what can be written.
+    pub(super) fn pump(&mut self) {
+        let mut budget = READ_BUDGET;
+        let mut blocked = Vec::new();
+        while budget > 0 {
+            let Some(token) = self.ready.pop_front() else {
+                break;
+            };
+            let (id, stream) = token_pipe(token);
+            if self
+                .children
+                .get(&id)
+                .is_none_or(|c| c.pipes[stream as usize].is_none())
+            {
+                continue;
+            }
+            if !self.sink(stream).has_room() {
+                blocked.push(token);
+                continue;
+            }
+            budget -= 1;
+            if self.read_pipe(id, stream) {
+                self.ready.push_back(token);
+            }
+        }
+        self.ready.extend(blocked);
+        if self.ready.len() > 1 {
+            let mut seen = HashSet::with_capacity(self.ready.len());
+            self.ready.retain(|t| seen.insert(*t));
+        }
+        let queued = logging::take_queued();
+        self.err_sink().push_raw(&queued);
+        if self
+            .console
+            .as_ref()
+            .is_some_and(|c| c.open && (c.more || !c.pollable))
+        {
+            self.read_console();
+        }
+        self.serve_followers();
+        if self.stdout.flush().is_err() {
+            self.on_stdout_closed();
+        }
+        if !self.shared_streams {
+            let _ = self.stderr.flush();
+        }
+    }
+
+    /// One read from a pipe. True if it may have more; false at EAGAIN or
+    /// after EOF (which closes the pipe).
+    pub(super) fn read_pipe(&mut self, id: ChildId, stream: Stream) -> bool {
+        let Some(child) = self.children.get_mut(&id) else {
+            return false;
+        };
+        let Some(pipe) = child.pipes[stream as usize].as_mut() else {
+            return false;
+        };
+        let Some(n) = read_some(pipe.fd.as_raw_fd(), &mut self.scratch) else {
+            return false;
+        };
+        let sink = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr if self.shared_streams => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        // One cached prefix per stream: each is colored only if its own
+        // sink is a terminal.
+        let cached = &mut child.prefix[stream as usize];
+        if cached.1 != self.width || cached.0.is_empty() {
+            cached.0 = output::prefix(&child.label, self.width, child.n as usize, sink.color);
+            cached.1 = self.width;
+        }
+        let opts = &self.opts.output;
+        let prefix: &[u8] = if opts.prefix {
+            &child.prefix[stream as usize].0
+        } else {
+            b""
+        };
+        let mut ring = self
+            .control
+            .as_mut()
+            .and_then(|c| c.rings.get_mut(&child.program));
+        let label = &child.label;
+        let mut emit = |line: &[u8]| {
+            if let Some(r) = ring.as_mut() {
+                r.push(label, stream == Stream::Stderr, line);
+            }
+            if opts.timestamps {
+                let mut p = output::timestamp();
+                p.extend_from_slice(prefix);
+                sink.push_line(&p, line);
+            } else {
+                sink.push_line(prefix, line);
+            }
+        };
+        if n == 0 {
+            pipe.framer.finish(&mut emit);
+            self.close_pipe(id, stream);
+            return false;
+        }
+        pipe.framer.feed(&self.scratch[..n], &mut emit);
+        true
+    }
+
+    pub(super) fn close_pipe(&mut self, id: ChildId, stream: Stream) {
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        if let Some(pipe) = child.pipes[stream as usize].take() {
+            let raw = pipe.fd.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        }
+        if !child.has_pipes() && !child.state.leader_alive() {
+            self.children.remove(&id);
+        }
+    }
+
+    /// A message of brood's own, after the log lines queued before it.
+    pub(super) fn say(&mut self, text: &str) {
+        let queued = logging::take_queued();
+        let sink = self.err_sink();
+        sink.push_raw(&queued);
+        sink.push_raw(text.as_bytes());
+        if !text.ends_with('\n') {
+            sink.push_raw(b"\n");
+        }
+    }
+
+    /// Give up on output that cannot be written (a reader that stopped
+    /// reading): close the stuck sinks and every pipe. Only on a third
+    /// request.
+    pub(super) fn abandon_output(&mut self) {
+        // Only a stream that is stuck: brood's summary still goes to a
+        // stderr that is being read.
+        for sink in [&mut self.stdout, &mut self.stderr] {
+            if sink.pending() > 0 {
+                sink.close();
+            }
+        }
+        let ids: Vec<ChildId> = self.children.keys().copied().collect();
+        for id in ids {
+            self.close_pipe(id, Stream::Stdout);
+            self.close_pipe(id, Stream::Stderr);
+        }
+        let now = Instant::now();
+        if let Some(sd) = self.shutdown.as_mut() {
+            sd.drain_until = Some(now);
+        }
+        self.timers.schedule(Timer::Drain, now);
+    }
+
+    /// Read what is left in every pipe whose sink has room, then close it.
+    /// False when a full sink keeps some open (nothing is dropped).
+    pub(super) fn force_close_pipes(&mut self) -> bool {
+        let ids: Vec<ChildId> = self.children.keys().copied().collect();
+        let mut all = true;
+        for id in ids {
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                if !self.sink(stream).has_room() {
+                    all = false;
+                    continue;
+                }
+                while self
+                    .children
+                    .get(&id)
+                    .is_some_and(|c| c.pipes[stream as usize].is_some())
+                {
+                    if !self.read_pipe(id, stream) {
+                        self.close_pipe(id, stream);
+                    }
+                }
+            }
+        }
+        all
+    }
+}

@@ -1,0 +1,479 @@
+//! The process table: spawning children, reaping them, stopping them and
+//! killing what is left. Both drivers share it; what an exit *means* is the
+//! driver's business (`run`, or the spawn queue's counters).
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::unix::SourceFd;
+use mio::Interest;
+use nix::errno::Errno;
+use signal_hook::consts::signal::*;
+
+use super::{pipes, Driver, Supervisor};
+use crate::children::{Child, Pipe, State, Stream};
+use crate::config::ProgramSpec;
+use crate::core::event::Event;
+use crate::core::ids::{ChildId, InstanceId, ProgramId};
+use crate::core::timers::Timer;
+use crate::error::Error;
+use crate::reaper::{self, ExitStatus, Reaped};
+use crate::signals;
+use crate::spawn::{self, plan, SpawnError, Stdio};
+
+/// A program with everything its spawns share.
+pub struct Program {
+    pub spec: ProgramSpec,
+    pub name: String,
+    pub image: plan::Image,
+    /// Run mode: per-instance variables (PS, PORT), as foreman sets them.
+    instance_env: Option<InstanceEnv>,
+    /// Images with those variables, built on first use of each instance.
+    instances: HashMap<u64, plan::Image>,
+}
+
+/// Variables each instance of a run-mode program gets: `PS=web.2`, and
+/// `PORT=base+n-1` unless the config sets PORT itself (foreman's
+/// convention: 5000 for the first program, 5100 for the second, ...).
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceEnv {
+    pub port_base: Option<u32>,
+}
+
+impl Program {
+    pub fn new(spec: ProgramSpec) -> Result<Program, Error> {
+        let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
+        // Validate the arguments once, so a bad one is a usage error up front.
+        plan::build_argv(&spec.program, &spec.args, Some(1), spec.counter_arg)?;
+        Ok(Program {
+            name: spec.name.clone(),
+            spec,
+            image,
+            instance_env: None,
+            instances: HashMap::new(),
+        })
+    }
+
+    pub fn with_instance_env(mut self, env: InstanceEnv) -> Program {
+        self.instance_env = Some(env);
+        self
+    }
+
+    /// Build instance `n`'s image if it has variables of its own.
+    fn prepare(&mut self, n: u64) -> Result<(), Error> {
+        let Some(ie) = self.instance_env else {
+            return Ok(());
+        };
+        if self.instances.contains_key(&n) {
+            return Ok(());
+        }
+        let mut env = self.spec.env.clone();
+        env.push(("PS".into(), format!("{}.{n}", self.name).into()));
+        if let Some(base) = ie.port_base {
+            env.push(("PORT".into(), (u64::from(base) + n - 1).to_string().into()));
+        }
+        let image = plan::Image::new(&self.spec.program, &env, self.spec.cwd.as_deref())?;
+        self.instances.insert(n, image);
+        Ok(())
+    }
+
+    fn image(&self, n: u64) -> &plan::Image {
+        self.instances.get(&n).unwrap_or(&self.image)
+    }
+}
+
+/// Orphaned grandchildren re-parent to brood, not to init: brood reaps them
+/// (init may not, in a container) and a group then empties when its last
+/// member dies, not when some init gets to it.
+pub(super) fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only; no memory is shared.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log::debug!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether a process group still has a member that is brood's child. brood
+/// is the subreaper, so every surviving member of a group whose leader it
+/// reaped is its child or a descendant of one. Asking the kernel about its
+/// own children (`waitid(P_PGID, WNOWAIT)`) never answers for a stranger
+/// that was given the same number after the group emptied, as `kill(-pgid,
+/// 0)` would.
+pub(super) fn group_has_member(pgid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid with WNOWAIT|WNOHANG only
+    // reports (and does not reap) a child of ours.
+    let rc = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PGID,
+            pgid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    rc == 0
+}
+
+/// Send `sig` to a child's process group, and to the child itself if it
+/// left that group (it is brood's unreaped child, so its pid cannot be a
+/// stranger's). False when neither exists any more.
+pub(super) fn signal_child(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill and getpgid take integers only.
+    unsafe {
+        let group = libc::kill(-pid, sig) == 0;
+        if libc::getpgid(pid) != pid {
+            return libc::kill(pid, sig) == 0 || group;
+        }
+        group
+    }
+}
+
+/// Send `sig` to a group that lingers after its leader was reaped, only if
+/// brood can show it still has a member of its own.
+fn signal_lingering(pgid: i32, sig: i32) -> bool {
+    // SAFETY: kill takes integers only.
+    group_has_member(pgid) && unsafe { libc::kill(-pgid, sig) == 0 }
+}
+
+impl Supervisor {
+    /// Spawn mode: start what the queue holds, within `-j`.
+    pub(super) fn start_queued(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        loop {
+            let Driver::Spawn(queue) = &mut self.driver else {
+                return;
+            };
+            if queue.starved
+                || queue.queued == 0
+                || queue
+                    .jobs
+                    .is_some_and(|jobs| self.alive + self.doomed.len() >= jobs)
+            {
+                return;
+            }
+            queue.queued -= 1;
+            let n = queue.next_n;
+            queue.next_n += 1;
+            if self.spawn_child(ProgramId(0), n, None).is_none() && self.starved() {
+                // Put the request back, counter and all.
+                if let Driver::Spawn(q) = &mut self.driver {
+                    q.queued += 1;
+                    q.next_n = n;
+                }
+                return;
+            }
+        }
+    }
+
+    fn starved(&self) -> bool {
+        matches!(&self.driver, Driver::Spawn(q) if q.starved)
+    }
+
+    /// Fork and exec instance `n` of a program. Returns the child's id and
+    /// pid, or None when it could not be started (already reported).
+    pub(super) fn spawn_child(
+        &mut self,
+        program: ProgramId,
+        n: u64,
+        instance: Option<InstanceId>,
+    ) -> Option<(ChildId, i32)> {
+        let prog = self.programs.get_mut(&program)?;
+        if let Err(e) = prog.prepare(n) {
+            log::error!("{}.{n}: {e}", prog.name);
+            self.stats.spawn_failed += 1;
+            return None;
+        }
+        let prog = &self.programs[&program];
+        let label = format!("{}.{}", prog.name, n);
+        self.width = self.width.max(label.len());
+        let argv = match plan::build_argv(
+            &prog.spec.program,
+            &prog.spec.args,
+            Some(n),
+            prog.spec.counter_arg,
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                log::error!("{label}: {e}");
+                self.stats.spawn_failed += 1;
+                return None;
+            }
+        };
+        let stdio = if self.opts.output.inherit {
+            Stdio::Inherit
+        } else {
+            Stdio::Capture
+        };
+        match spawn::spawn(&self.ctx, prog.image(n), &argv, stdio) {
+            Ok(spawned) => {
+                let pid = spawned.pid.as_raw();
+                let id = ChildId(self.child_ids.take());
+                let mut pipes = [None, None];
+                for (stream, fd) in [(Stream::Stdout, spawned.stdout), (Stream::Stderr, spawned.stderr)] {
+                    let Some(fd) = fd else { continue };
+                    let raw = fd.as_raw_fd();
+                    let token = pipes::pipe_token(id, stream);
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut SourceFd(&raw), token, Interest::READABLE)
+                    {
+                        log::error!("cannot watch the output of {label}: {e}");
+                    }
+                    pipes[stream as usize] = Some(Pipe {
+                        fd,
+                        framer: Default::default(),
+                    });
+                }
+                self.stats.spawned += 1;
+                log::info!("spawned {label} pid {pid}");
+                self.events.emit(&Event::Spawn {
+                    label: label.clone(),
+                    name: prog.name.clone(),
+                    n,
+                    pid,
+                });
+                self.children.insert(
+                    id,
+                    Child {
+                        id,
+                        program,
+                        n,
+                        label,
+                        pid,
+                        started: Instant::now(),
+                        state: State::Running,
+                        pipes,
+                        prefix: Default::default(),
+                        stop_requested: false,
+                        killed: false,
+                        instance,
+                    },
+                );
+                self.by_pid.insert(pid, id);
+                self.alive += 1;
+                Some((id, pid))
+            }
+            Err(SpawnError::Fork(e))
+                if instance.is_none()
+                    && self.alive > 0
+                    && matches!(e, Errno::EMFILE | Errno::ENFILE | Errno::EAGAIN | Errno::ENOMEM) =>
+            {
+                if let Driver::Spawn(q) = &mut self.driver {
+                    if q.starve_warned {
+                        log::debug!(
+                            "cannot spawn {label} yet ({}): waiting for a child to exit",
+                            e.desc()
+                        );
+                    } else {
+                        log::warn!(
+                            "cannot spawn {label} yet ({}): waiting for children to exit (said once)",
+                            e.desc()
+                        );
+                        q.starve_warned = true;
+                    }
+                    q.starved = true;
+                }
+                None
+            }
+            Err(err) => {
+                if let SpawnError::Exec { pid, .. } = err {
+                    self.doomed.insert(pid.as_raw());
+                }
+                let message = err.describe(prog.image(n));
+                log::error!("{message}");
+                self.stats.spawn_failed += 1;
+                self.events.emit(&Event::SpawnFailed {
+                    label,
+                    name: prog.name.clone(),
+                    n,
+                    stage: err.stage(),
+                    errno: err.errno() as i32,
+                    error: message,
+                });
+                None
+            }
+        }
+    }
+
+    // ----- reaping ---------------------------------------------------------
+
+    pub(super) fn reap(&mut self) {
+        let mut reaped = Vec::new();
+        reaper::reap_all(|r| reaped.push(r));
+        let reaped_at = SystemTime::now();
+        for r in reaped {
+            match r {
+                Reaped::Exited { pid, status } => self.on_exit(pid, status, reaped_at),
+                Reaped::Stopped { pid, signal } => {
+                    if let Some(child) = self.by_pid.get(&pid).and_then(|id| self.children.get_mut(id)) {
+                        log::info!("{} pid {pid} stopped by {}", child.label, signals::name(signal));
+                        if child.state == State::Running {
+                            child.state = State::Paused(signal);
+                        }
+                    }
+                }
+                Reaped::Continued { pid } => {
+                    if let Some(child) = self.by_pid.get(&pid).and_then(|id| self.children.get_mut(id)) {
+                        log::info!("{} pid {pid} continued", child.label);
+                        if matches!(child.state, State::Paused(_)) {
+                            child.state = State::Running;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: i32, status: ExitStatus, reaped_at: SystemTime) {
+        if self.doomed.remove(&pid) {
+            return;
+        }
+        let Some(id) = self.by_pid.remove(&pid) else {
+            log::debug!("reaped pid {pid}, not one of ours");
+            return;
+        };
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        child.state = State::Exited(status);
+        self.alive -= 1;
+        if let Driver::Spawn(q) = &mut self.driver {
+            q.starved = false;
+        }
+        let runtime = child.uptime(Instant::now());
+        if child.stop_requested {
+            self.stats.stopped += 1;
+        } else if status.success() {
+            self.stats.succeeded += 1;
+        } else {
+            self.stats.failed += 1;
+        }
+        log::info!("{} pid {pid} {}", child.label, status.describe());
+        self.events.emit_at(
+            reaped_at,
+            &Event::exit(&child.label, pid, status, runtime.as_millis() as u64),
+        );
+        let kill_at = self.timers.at(Timer::Kill(id));
+        self.timers.cancel(Timer::Kill(id));
+        if group_has_member(pid) {
+            // The leader is gone but its group is not (a shell's children,
+            // a daemon's workers). The group got its stop signal once
+            // already if brood stopped it; SIGKILL follows at the same
+            // deadline.
+            self.lingering.insert(pid, child.label.clone());
+            if let Some(t) = kill_at {
+                self.timers.schedule(Timer::KillGroup(pid), t);
+            }
+        }
+        let instance = child.instance;
+        if !child.has_pipes() {
+            self.children.remove(&id);
+        }
+        if let Some(instance) = instance {
+            self.on_instance_exit(instance, status, runtime);
+        }
+    }
+
+    // ----- stopping --------------------------------------------------------
+
+    pub(super) fn grace_for(&self, program: ProgramId) -> Duration {
+        self.programs
+            .get(&program)
+            .map_or(self.opts.grace, |p| p.spec.stop_timeout)
+    }
+
+    /// Send a child's group its stop signal, once; SIGKILL follows after
+    /// `grace`.
+    pub(super) fn stop_child(&mut self, id: ChildId, grace: Duration) {
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        if !child.state.leader_alive() || child.stop_requested {
+            return;
+        }
+        let sig = self
+            .programs
+            .get(&child.program)
+            .map_or(SIGTERM, |p| p.spec.stop_signal);
+        child.stop_requested = true;
+        child.state = State::Stopping;
+        self.timers.schedule(Timer::Kill(id), Instant::now() + grace);
+        signal_child(child.pid, sig);
+        // A stopped (SIGSTOP) group would never act on its stop signal.
+        if sig != SIGCONT {
+            signal_child(child.pid, SIGCONT);
+        }
+        log::debug!(
+            "sent {} to {} (pgid {})",
+            signals::name(sig),
+            child.label,
+            child.pid
+        );
+        self.events.emit(&Event::signal(&child.label, child.pid, sig));
+    }
+
+    /// Shutdown: groups whose leader is gone get the stop signal too.
+    pub(super) fn stop_lingering(&mut self) {
+        let lingering: Vec<(i32, String)> = self.lingering.iter().map(|(p, l)| (*p, l.clone())).collect();
+        for (pgid, label) in lingering {
+            if self.timers.is_set(Timer::KillGroup(pgid)) {
+                continue; // stopped already, SIGKILL is on its way
+            }
+            if signal_lingering(pgid, SIGTERM) {
+                signal_lingering(pgid, SIGCONT);
+                self.events.emit(&Event::signal(&label, pgid, SIGTERM));
+            }
+        }
+    }
+
+    /// A child's grace is over: SIGKILL its group.
+    pub(super) fn kill_child(&mut self, id: ChildId) {
+        let Some(c) = self.children.get_mut(&id) else {
+            return;
+        };
+        if !c.state.leader_alive() || c.killed {
+            return;
+        }
+        c.killed = true;
+        let (pid, label) = (c.pid, c.label.clone());
+        if signal_child(pid, SIGKILL) {
+            log::info!("{label} pid {pid} did not stop in time: sent SIGKILL");
+            self.events.emit(&Event::signal(&label, pid, SIGKILL));
+        }
+    }
+
+    /// A lingering group's grace is over: SIGKILL it if it is still ours.
+    pub(super) fn kill_lingering(&mut self, pgid: i32) {
+        let Some(label) = self.lingering.get(&pgid).cloned() else {
+            return;
+        };
+        if signal_lingering(pgid, SIGKILL) {
+            log::info!("{label} group {pgid} did not stop in time: sent SIGKILL");
+            self.events.emit(&Event::signal(&label, pgid, SIGKILL));
+        }
+    }
+
+    /// SIGKILL every group that still has a member, leaders gone or not.
+    pub(super) fn escalate(&mut self) {
+        let ids: Vec<ChildId> = self.children.keys().copied().collect();
+        for id in ids {
+            self.timers.cancel(Timer::Kill(id));
+            self.kill_child(id);
+        }
+        let groups: Vec<i32> = self.lingering.keys().copied().collect();
+        for pgid in groups {
+            self.timers.cancel(Timer::KillGroup(pgid));
+            self.kill_lingering(pgid);
+        }
+        self.timers.cancel(Timer::ShutdownGrace);
+        if let Some(sd) = self.shutdown.as_mut() {
+            sd.escalated = true;
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `brood run` inside the loop: feeding the run core its inputs (exits,
+//! spawns, timers, user requests) and executing the actions it returns.
+//! No decision is made here; they are all in `crate::core`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{Driver, Supervisor};
+use crate::core::event::Event;
+use crate::core::ids::InstanceId;
+use crate::core::instance::{Action, Input};
+use crate::core::status::InstanceStatus;
+use crate::core::timers::Timer;
+use crate::reaper::ExitStatus;
+
+impl Supervisor {
+    /// Carry out the core's actions, and those that follow from them (a
+    /// spawn answers with `Spawned` or `SpawnFailed`, which may act again).
+    pub(super) fn execute(&mut self, actions: Vec<Action>) {
+        let mut todo: VecDeque<Action> = actions.into();
+        while let Some(action) = todo.pop_front() {
+            let mut more = Vec::new();
+            match action {
+                Action::Spawn(id) => {
+                    let Driver::Run(core) = &self.driver else { return };
+                    let Some(inst) = core.instance(id) else { continue };
+                    let (program, n) = (inst.program, inst.n);
+                    let input = match self.spawn_child(program, n, Some(id)) {
+                        Some((child, pid)) => Input::Spawned { child, pid },
+                        None => Input::SpawnFailed,
+                    };
+                    self.feed(id, input, &mut more);
+                }
+                Action::StopChild(child) => {
+                    if let Some(program) = self.children.get(&child).map(|c| c.program) {
+                        let grace = self.grace_for(program);
+                        self.stop_child(child, grace);
+                    }
+                }
+                Action::Backoff(id, until) => self.timers.schedule(Timer::Backoff(id), until),
+                Action::Emit(event) => {
+                    match &event {
+                        Event::Restart {
+                            label,
+                            delay_ms,
+                            attempt,
+                        } => log::info!("{label} restarting in {delay_ms}ms (attempt {attempt})"),
+                        Event::Fatal { label, reason } => {
+                            log::error!("{label} is fatal: {reason}; not restarting it")
+                        }
+                        _ => {}
+                    }
+                    self.events.emit(&event);
+                }
+                Action::Forget(id) => self.timers.cancel(Timer::Backoff(id)),
+            }
+            todo.extend(more);
+        }
+    }
+
+    /// Feed one input to the core, collecting its actions.
+    fn feed(&mut self, id: InstanceId, input: Input, out: &mut Vec<Action>) -> bool {
+        let now = Instant::now();
+        match &mut self.driver {
+            Driver::Run(core) => core.input(id, input, now, out),
+            Driver::Spawn(_) => false,
+        }
+    }
+
+    /// An instance's child was reaped.
+    pub(super) fn on_instance_exit(&mut self, id: InstanceId, status: ExitStatus, ran_for: Duration) {
+        let mut actions = Vec::new();
+        self.feed(id, Input::Exited { status, ran_for }, &mut actions);
+        self.execute(actions);
+    }
+
+    pub(super) fn on_backoff_over(&mut self, id: InstanceId, _now: Instant) {
+        let mut actions = Vec::new();
+        self.feed(id, Input::BackoffOver, &mut actions);
+        self.execute(actions);
+    }
+
+    /// A user's start, stop or restart of a target (console, ctl): the
+    /// labels it changed.
+    pub(super) fn request(&mut self, target: &str, input: Input) -> Result<Vec<String>, String> {
+        let Driver::Run(core) = &mut self.driver else {
+            return Err("not in run mode".into());
+        };
+        let mut actions = Vec::new();
+        let labels = core.request(target, input, Instant::now(), &mut actions)?;
+        self.execute(actions);
+        Ok(labels)
+    }
+
+    /// Send `sig` to the process group of every matching running instance.
+    pub(super) fn signal_instances(&mut self, target: &str, sig: i32) -> Result<Vec<String>, String> {
+        let Driver::Run(core) = &self.driver else {
+            return Err("not in run mode".into());
+        };
+        let mut hits = Vec::new();
+        for id in core.resolve(target)? {
+            if let Some((child, pid, _)) = core.instance(id).and_then(|i| i.child()) {
+                hits.push((child, pid));
+            }
+        }
+        let mut done = Vec::new();
+        for (child, pid) in hits {
+            let Some(label) = self.children.get(&child).map(|c| c.label.clone()) else {
+                continue;
+            };
+            if super::process::signal_child(pid, sig) {
+                self.events.emit(&Event::signal(&label, pid, sig));
+                done.push(label);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Change the number of instances of a program at run time.
+    pub(super) fn scale(&mut self, name: &str, count: u32) -> Result<(), String> {
+        let Driver::Run(core) = &mut self.driver else {
+            return Err("not in run mode".into());
+        };
+        let mut actions = Vec::new();
+        core.scale(name, u64::from(count), Instant::now(), &mut actions)?;
+        self.width = self.width.max(core.label_width());
+        log::info!("scaled {name} to {count}");
+        self.execute(actions);
+        Ok(())
+    }
+
+    /// The snapshot `ctl status` and `l` show.
+    pub(super) fn snapshot(&self) -> Vec<InstanceStatus> {
+        match &self.driver {
+            Driver::Run(core) => core.snapshot(Instant::now()),
+            Driver::Spawn(_) => Vec::new(),
+        }
+    }
+}
