@@ -1,26 +1,51 @@
-//! The `--events` JSON-lines writer: one object per line, written with a
-//! single `write` as it happens, so a reader tailing the file never sees half
-//! an event.
+//! The `--events` JSON-lines writer: one object per line, each written
+//! whole or not at all, and never blocking the loop.
+//!
+//! - A regular file gets each line in one `write`. If the disk fills midway
+//!   the part that was written is cut off again (`ftruncate`), so a reader
+//!   never sees half an event glued to the next; the event is counted lost.
+//! - A FIFO or socket is written without blocking: lines wait in a bounded
+//!   queue while the reader is slow (the loop flushes it when the fd is
+//!   writable), and are counted lost past the bound. A FIFO with no reader
+//!   is refused at start instead of blocking in `open`.
+//!
+//! Lost events are reported at the end, and make the exit status 1.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::event::Event;
 use crate::error::Error;
 
+/// Most bytes of events waiting for a slow FIFO reader.
+const QUEUE_LIMIT: usize = 4 << 20;
+
+/// How long brood waits at exit for a slow FIFO reader to take the rest.
+const FINAL_WAIT: Duration = Duration::from_secs(2);
+
 pub struct Events {
     file: Option<File>,
-    failed: bool,
+    path: PathBuf,
+    /// A FIFO or socket: written without blocking, through `queue`.
+    stream: bool,
+    queue: Vec<u8>,
+    lost: u64,
+    first_error: Option<String>,
 }
 
 impl Events {
     pub fn none() -> Events {
         Events {
             file: None,
-            failed: false,
+            path: PathBuf::new(),
+            stream: false,
+            queue: Vec::new(),
+            lost: 0,
+            first_error: None,
         }
     }
 
@@ -32,28 +57,52 @@ impl Events {
         }
     }
 
-    /// Open (append, create 0600, never through a symlink).
+    /// Open (append, create 0600, never through a symlink, never blocking).
     pub fn open(path: &Path) -> Result<Events, Error> {
         let file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    Error::usage(format!(
-                        "events file '{}' is a symlink; brood does not follow it",
-                        path.display()
-                    ))
-                } else {
-                    Error::usage(format!("cannot open events file '{}': {e}", path.display()))
-                }
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::usage(format!(
+                    "events file '{}' is a symlink; brood does not follow it",
+                    path.display()
+                )),
+                Some(libc::ENXIO) => Error::usage(format!(
+                    "events file '{}' is a FIFO with no reader; start the reader first",
+                    path.display()
+                )),
+                _ => Error::usage(format!("cannot open events file '{}': {e}", path.display())),
             })?;
+        let kind = file
+            .metadata()
+            .map_err(|e| Error::usage(format!("cannot open events file '{}': {e}", path.display())))?
+            .file_type();
+        let stream = kind.is_fifo() || kind.is_socket() || kind.is_char_device();
+        if !stream {
+            // A regular file never blocks; plain writes keep the code simple.
+            // SAFETY: fcntl on an fd this function owns.
+            unsafe {
+                let fd = file.as_raw_fd();
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
         Ok(Events {
             file: Some(file),
-            failed: false,
+            path: path.to_path_buf(),
+            stream,
+            queue: Vec::new(),
+            lost: 0,
+            first_error: None,
         })
+    }
+
+    /// The fd the loop watches for writability while lines wait.
+    pub fn stream_fd(&self) -> Option<RawFd> {
+        self.file.as_ref().filter(|_| self.stream).map(AsRawFd::as_raw_fd)
     }
 
     /// Write `{"ts": ..., "event": kind, ...fields}`.
@@ -64,7 +113,9 @@ impl Events {
     /// Emit with the time the thing happened (an exit: when it was reaped,
     /// not when the loop got round to writing it).
     pub fn emit_at(&mut self, at: SystemTime, event: &Event) {
-        let Some(file) = self.file.as_mut() else { return };
+        if self.file.is_none() {
+            return;
+        }
         let ts = at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -73,15 +124,122 @@ impl Events {
             // `{"event":...}` becomes `{"ts":...,"event":...}`.
             Ok(body) => format!("{{\"ts\":{ts},{}\n", &body[1..]),
             Err(e) => {
-                log::error!("cannot encode an event: {e}");
+                self.lose(format!("cannot encode an event: {e}"));
                 return;
             }
         };
-        if let Err(e) = file.write_all(line.as_bytes()) {
-            if !self.failed {
-                log::error!("cannot write events file: {e}");
-                self.failed = true;
+        if self.stream {
+            if self.queue.len() + line.len() > QUEUE_LIMIT {
+                self.lose("its reader is not reading".to_string());
+                return;
+            }
+            self.queue.extend_from_slice(line.as_bytes());
+            self.flush();
+        } else {
+            self.write_whole(line.as_bytes());
+        }
+    }
+
+    /// Write queued lines to a FIFO as far as its reader takes them.
+    pub fn flush(&mut self) {
+        let Some(fd) = self.file.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        while !self.queue.is_empty() {
+            // SAFETY: `queue` is valid for reads of its length for the call.
+            let rc = unsafe { libc::write(fd, self.queue.as_ptr().cast(), self.queue.len()) };
+            if rc > 0 {
+                self.queue.drain(..rc as usize);
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return,
+                _ => {
+                    // The reader is gone: what waits cannot be written.
+                    let lines = self.queue.iter().filter(|&&b| b == b'\n').count() as u64;
+                    self.queue.clear();
+                    self.lost += lines.saturating_sub(1);
+                    self.lose(err.to_string());
+                    return;
+                }
             }
         }
+    }
+
+    /// One line to a regular file, whole or not at all.
+    fn write_whole(&mut self, line: &[u8]) {
+        let Some(file) = self.file.as_ref() else { return };
+        let fd = file.as_raw_fd();
+        let mut written = 0;
+        let error = loop {
+            // SAFETY: the slice is valid for reads of its length for the call.
+            let rc = unsafe { libc::write(fd, line[written..].as_ptr().cast(), line.len() - written) };
+            if rc > 0 {
+                written += rc as usize;
+                if written == line.len() {
+                    return;
+                }
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break err;
+        };
+        if written > 0 {
+            // Cut the torn part off again, so the next event starts a line.
+            if let Ok(meta) = file.metadata() {
+                let _ = file.set_len(meta.len().saturating_sub(written as u64));
+            }
+        }
+        self.lose(error.to_string());
+    }
+
+    fn lose(&mut self, reason: String) {
+        self.lost += 1;
+        if self.first_error.is_none() {
+            log::error!("cannot write to events file '{}': {reason}", self.path.display());
+            self.first_error = Some(reason);
+        }
+    }
+
+    /// At exit: give a slow reader a little time for what waits, then say
+    /// what was lost. True when every event was written.
+    pub fn finish(&mut self) -> bool {
+        let deadline = Instant::now() + FINAL_WAIT;
+        while !self.queue.is_empty() {
+            self.flush();
+            let Some(fd) = self.stream_fd() else { break };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.queue.is_empty() || left.is_zero() {
+                break;
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        }
+        if !self.queue.is_empty() {
+            let lines = self.queue.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.queue.clear();
+            self.lost += lines;
+        }
+        if self.lost > 0 {
+            log::error!(
+                "{} event(s) could not be written to '{}' ({})",
+                self.lost,
+                self.path.display(),
+                self.first_error
+                    .as_deref()
+                    .unwrap_or("its reader did not take them")
+            );
+        }
+        self.lost == 0
     }
 }

@@ -198,8 +198,10 @@ impl Sink {
     }
 
     /// Append bytes that are already whole lines (brood's own messages).
+    /// brood's own words are dropped past `4 * HIGH_WATER` waiting bytes: a
+    /// stalled reader must not make brood's memory grow.
     pub fn push_raw(&mut self, bytes: &[u8]) {
-        if !self.closed {
+        if !self.closed && self.pending() + bytes.len() <= 4 * HIGH_WATER {
             self.buf.extend_from_slice(bytes);
         }
     }

@@ -9,10 +9,26 @@ use libc::c_int;
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
-/// The signals the supervisor modes (spawn, run) watch. SIGUSR1 and
-/// SIGUSR2 are caught only so that a stray one cannot kill brood (their
-/// default action); they do nothing.
-pub const SUPERVISOR_SIGNALS: &[c_int] = &[SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2];
+/// The signals the supervisor modes (spawn, run) act on.
+pub const SUPERVISOR_SIGNALS: &[c_int] = &[SIGCHLD, SIGINT, SIGTERM, SIGHUP];
+
+/// Every other signal whose default action would kill brood (ALRM, USR1,
+/// PROF, XCPU, XFSZ, PWR, IO, SYS, TRAP, STKFLT, the real-time signals,
+/// ...): caught so that a stray one cannot end brood and orphan its
+/// children. Left alone: KILL and STOP (cannot be caught), the job-control
+/// stops TSTP, TTIN and TTOU (Ctrl-Z must still work), ABRT (a core dump
+/// asked for on purpose), the faults ILL, FPE, SEGV and BUS (catching a
+/// real fault would loop), and those whose default is to do nothing.
+pub fn stray_signals() -> Vec<c_int> {
+    let skip = [
+        SIGKILL, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGABRT, SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGCHLD,
+        SIGCONT, SIGWINCH, SIGURG, SIGPIPE,
+    ];
+    (1..32)
+        .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+        .filter(|s| !skip.contains(s) && !SUPERVISOR_SIGNALS.contains(s))
+        .collect()
+}
 
 pub fn register(signals: &[c_int]) -> io::Result<Signals> {
     Signals::new(signals)

@@ -249,10 +249,12 @@ fn closed_stdout_shuts_down_cleanly() {
     let out = brood.finish();
     out.assert_no_panic();
     assert!(out.code().is_some(), "brood died of a signal{}", out.context());
+    // Clean (no panic, every child reaped), but the batch was cut short:
+    // a run that did not do all it was asked must not report success.
     assert_eq!(
         out.code(),
-        Some(0),
-        "a closed stdout is a clean shutdown{}",
+        Some(1),
+        "a batch cut short by a closed stdout exits 1{}",
         out.context()
     );
     assert!(out.elapsed < Duration::from_secs(10), "{}", out.context());
@@ -270,7 +272,7 @@ fn closed_stdout_shuts_down_cleanly() {
 }
 
 #[test]
-fn pipe_into_head_exits_cleanly() {
+fn pipe_into_head_exits_cleanly_and_reports_the_batch_cut_short() {
     let out = Brood::new("head")
         .shell(r#""$BROOD" spawn -n 50 --events "$EVENTS" -- "$SCRIPTS/counter" 1000 | head -1; echo "brood-status=${PIPESTATUS[0]}" >&2"#)
         .run();
@@ -280,7 +282,7 @@ fn pipe_into_head_exits_cleanly() {
     let (label, rest) = split_prefixed(&lines[0]).expect("prefixed");
     assert!(label.starts_with("counter."), "{}", out.context());
     assert_eq!(rest, "line 1", "{}", out.context());
-    out.assert_stderr_contains("brood-status=0");
+    out.assert_stderr_contains("brood-status=1");
     assert!(out.elapsed < Duration::from_secs(10), "{}", out.context());
 }
 

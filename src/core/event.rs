@@ -104,6 +104,8 @@ pub enum ShutdownReason {
     Done,
     /// brood's own loop failed.
     Error,
+    /// brood's stdout cannot be written (a full disk, EIO).
+    OutputError,
 }
 
 impl ShutdownReason {
@@ -123,6 +125,7 @@ impl fmt::Display for ShutdownReason {
             ShutdownReason::Ctl => f.write_str("ctl"),
             ShutdownReason::Done => f.write_str("done"),
             ShutdownReason::Error => f.write_str("error"),
+            ShutdownReason::OutputError => f.write_str("stdout_error"),
         }
     }
 }

@@ -51,6 +51,7 @@ const SIGNALS: Token = Token(0);
 const STDIN: Token = Token(1);
 const STDOUT: Token = Token(2);
 const STDERR: Token = Token(3);
+const EVENTS: Token = Token(5);
 
 /// After the last leader is gone, how long pipes held open by processes
 /// outside every group brood knows may keep brood waiting.
@@ -151,6 +152,10 @@ pub struct Supervisor {
     scratch: Vec<u8>,
     /// `brood run`'s control socket and output rings.
     control: Option<ControlServer>,
+    /// Writing brood's stdout failed (not a reader that went away).
+    output_error: Option<String>,
+    /// A batch was stopped by its reader going away before it was done.
+    cut_short: bool,
 }
 
 impl Supervisor {
@@ -163,8 +168,10 @@ impl Supervisor {
         mut control: Option<ControlServer>,
     ) -> Result<Supervisor, Error> {
         let poll = Poll::new().map_err(|e| Error::io("cannot create epoll", e))?;
-        let mut signals = signals::register(signals::SUPERVISOR_SIGNALS)
-            .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let mut watched = signals::SUPERVISOR_SIGNALS.to_vec();
+        watched.extend(signals::stray_signals());
+        let mut signals =
+            signals::register(&watched).map_err(|e| Error::io("cannot install signal handlers", e))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Error::io("cannot watch signals", e))?;
@@ -193,6 +200,12 @@ impl Supervisor {
                     .registry()
                     .register(&mut SourceFd(&fd), token, Interest::WRITABLE);
             }
+        }
+        if let Some(fd) = events.stream_fd() {
+            // A FIFO reader that was slow: flush what waits once it reads.
+            let _ = poll
+                .registry()
+                .register(&mut SourceFd(&fd), EVENTS, Interest::WRITABLE);
         }
         let console = opts.console.then(|| ConsoleIn {
             reader: LineReader::default(),
@@ -228,6 +241,8 @@ impl Supervisor {
             stats: Stats::default(),
             scratch: vec![0u8; pipes::DEFAULT_PIPE],
             control,
+            output_error: None,
+            cut_short: false,
         })
     }
 
@@ -268,6 +283,7 @@ impl Supervisor {
                             self.stderr.writable = true;
                         }
                     }
+                    EVENTS => self.events.flush(),
                     control::LISTENER => self.accept_clients(),
                     token if token.0 >= control::FIRST_CLIENT => self.on_client(token),
                     token => self.ready.push_back(token),
@@ -325,7 +341,7 @@ impl Supervisor {
                         self.begin_shutdown(ShutdownReason::Signal(sig));
                     }
                 }
-                _ => {}
+                other => log::debug!("ignoring {}", signals::name(other)),
             }
         }
     }
@@ -370,11 +386,33 @@ impl Supervisor {
         }
     }
 
+    /// stdout failed. A reader that went away (EPIPE) is a clean reason to
+    /// stop; anything else (a full disk, EIO, a file size limit) loses
+    /// output, so it is named and fails the run.
+    fn on_stdout_error(&mut self, err: io::Error) {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            self.on_stdout_closed();
+            return;
+        }
+        if self.output_error.is_none() {
+            log::error!("cannot write to stdout: {err}; stopping");
+            self.output_error = Some(err.to_string());
+        }
+        self.stdout.close();
+        self.begin_shutdown(ShutdownReason::OutputError);
+    }
+
     fn on_stdout_closed(&mut self) {
         if self.stdout.closed && self.shutdown.is_some() {
             return;
         }
         self.stdout.close();
+        // A batch that had more to do was cut short: not a success.
+        if let Driver::Spawn(q) = &self.driver {
+            if q.batch && (q.queued > 0 || self.alive > 0) {
+                self.cut_short = true;
+            }
+        }
         self.begin_shutdown(ShutdownReason::StdoutClosed);
     }
 
@@ -406,7 +444,7 @@ impl Supervisor {
             .console
             .as_ref()
             .is_some_and(|c| c.open && (c.more || !c.pollable));
-        if readable_work || console_work {
+        if readable_work || console_work || self.spawn_due() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -471,15 +509,20 @@ impl Supervisor {
             stopped: s.stopped,
         });
         self.close_clients();
+        let events_whole = self.events.finish();
         let queued = logging::take_queued();
         self.err_sink().push_raw(&queued);
         self.stdout.flush_blocking();
         self.stderr.flush_blocking();
         let code = match &self.driver {
-            Driver::Spawn(_) => i32::from(s.failed != 0 || s.spawn_failed != 0),
+            Driver::Spawn(_) => i32::from(s.failed != 0 || s.spawn_failed != 0 || self.cut_short),
             Driver::Run(core) => core.exit_code(),
         };
-        Outcome { code }
+        // Output or events that could not be written are a failure too.
+        let lost = self.output_error.is_some() || !events_whole;
+        Outcome {
+            code: if lost { code.max(1) } else { code },
+        }
     }
 }
 

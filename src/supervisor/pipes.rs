@@ -108,8 +108,10 @@ impl Supervisor {
             let mut seen = HashSet::with_capacity(self.ready.len());
             self.ready.retain(|t| seen.insert(*t));
         }
-        let queued = logging::take_queued();
-        self.err_sink().push_raw(&queued);
+        if self.err_sink().has_room() {
+            let queued = logging::take_queued();
+            self.err_sink().push_raw(&queued);
+        }
         if self
             .console
             .as_ref()
@@ -118,8 +120,8 @@ impl Supervisor {
             self.read_console();
         }
         self.serve_followers();
-        if self.stdout.flush().is_err() {
-            self.on_stdout_closed();
+        if let Err(e) = self.stdout.flush() {
+            self.on_stdout_error(e);
         }
         if !self.shared_streams {
             let _ = self.stderr.flush();
@@ -193,6 +195,7 @@ impl Supervisor {
         if !child.has_pipes() && !child.state.leader_alive() {
             self.children.remove(&id);
         }
+        self.resources_freed();
     }
 
     /// A message of brood's own, after the log lines queued before it.

@@ -22,6 +22,10 @@ use crate::reaper::{self, ExitStatus, Reaped};
 use crate::signals;
 use crate::spawn::{self, plan, SpawnError, Stdio};
 
+/// Spawns per loop turn before the loop looks at signals, exits and the
+/// console again.
+const SPAWN_BUDGET: usize = 8;
+
 /// A program with everything its spawns share.
 pub struct Program {
     pub spec: ProgramSpec,
@@ -139,23 +143,31 @@ fn signal_lingering(pgid: i32, sig: i32) -> bool {
 }
 
 impl Supervisor {
-    /// Spawn mode: start what the queue holds, within `-j`.
+    /// Spawn mode: whether the queue has a spawn it may make now.
+    pub(super) fn spawn_due(&self) -> bool {
+        let Driver::Spawn(queue) = &self.driver else {
+            return false;
+        };
+        self.shutdown.is_none()
+            && !queue.starved
+            && queue.queued > 0
+            && queue
+                .jobs
+                .is_none_or(|jobs| self.alive + self.doomed.len() < jobs)
+    }
+
+    /// Spawn mode: start what the queue holds, within `-j` and within a
+    /// per-turn budget, so that a burst never keeps the loop from reaping,
+    /// signals and the console (the loop comes back at once while more is
+    /// due).
     pub(super) fn start_queued(&mut self) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        loop {
+        for _ in 0..SPAWN_BUDGET {
+            if !self.spawn_due() {
+                return;
+            }
             let Driver::Spawn(queue) = &mut self.driver else {
                 return;
             };
-            if queue.starved
-                || queue.queued == 0
-                || queue
-                    .jobs
-                    .is_some_and(|jobs| self.alive + self.doomed.len() >= jobs)
-            {
-                return;
-            }
             queue.queued -= 1;
             let n = queue.next_n;
             queue.next_n += 1;
@@ -172,6 +184,19 @@ impl Supervisor {
 
     fn starved(&self) -> bool {
         matches!(&self.driver, Driver::Spawn(q) if q.starved)
+    }
+
+    /// Processes or fds that brood will get back by reaping or draining.
+    fn holds_resources(&self) -> bool {
+        self.alive > 0 || !self.doomed.is_empty() || !self.children.is_empty()
+    }
+
+    /// Something came back (a child reaped, a pipe closed): a starved
+    /// spawn queue may try again.
+    pub(super) fn resources_freed(&mut self) {
+        if let Driver::Spawn(q) = &mut self.driver {
+            q.starved = false;
+        }
     }
 
     /// Fork and exec instance `n` of a program. Returns the child's id and
@@ -259,9 +284,12 @@ impl Supervisor {
                 self.alive += 1;
                 Some((id, pid))
             }
+            // Out of fds or processes while brood still holds some (live
+            // children, unreaped failed ones, pipes not yet at EOF): they
+            // come back, so the spawn waits instead of failing.
             Err(SpawnError::Fork(e))
                 if instance.is_none()
-                    && self.alive > 0
+                    && self.holds_resources()
                     && matches!(e, Errno::EMFILE | Errno::ENFILE | Errno::EAGAIN | Errno::ENOMEM) =>
             {
                 if let Driver::Spawn(q) = &mut self.driver {
@@ -332,6 +360,7 @@ impl Supervisor {
 
     fn on_exit(&mut self, pid: i32, status: ExitStatus, reaped_at: SystemTime) {
         if self.doomed.remove(&pid) {
+            self.resources_freed();
             return;
         }
         let Some(id) = self.by_pid.remove(&pid) else {
@@ -343,9 +372,6 @@ impl Supervisor {
         };
         child.state = State::Exited(status);
         self.alive -= 1;
-        if let Driver::Spawn(q) = &mut self.driver {
-            q.starved = false;
-        }
         let runtime = child.uptime(Instant::now());
         if child.stop_requested {
             self.stats.stopped += 1;
@@ -375,6 +401,7 @@ impl Supervisor {
         if !child.has_pipes() {
             self.children.remove(&id);
         }
+        self.resources_freed();
         if let Some(instance) = instance {
             self.on_instance_exit(instance, status, runtime);
         }
