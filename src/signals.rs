@@ -61,7 +61,6 @@ pub fn name(sig: c_int) -> String {
     format!("SIG{sig}")
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // used by run mode's config
 /// Parse `TERM`, `SIGTERM`, `sigterm` or `15`.
 pub fn parse(text: &str) -> Option<c_int> {
     let t = text.trim();
@@ -87,6 +86,12 @@ pub fn parse(text: &str) -> Option<c_int> {
         return (sig <= libc::SIGRTMAX()).then_some(sig);
     }
     None
+}
+
+/// [`parse`] for a command-line flag (`--pdeathsig`): SIGKILL and SIGSTOP
+/// are allowed, 0 is not.
+pub fn parse_arg(text: &str) -> Result<c_int, String> {
+    parse(text).ok_or_else(|| format!("unknown signal '{text}' (try TERM, KILL or a number)"))
 }
 
 #[cfg(test)]
