@@ -633,15 +633,19 @@ fn term_ignoring_child(name: &str, opts: &[&str]) -> (Running, i32) {
         .args(["-c", "trap '' TERM; exec sleep 1000"])
         .start();
     let pid = brood.wait_spawned(1)[0];
-    wait_for(Duration::from_secs(5), "the child to ignore TERM and exec sleep", || {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("SigIgn:"))
-                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
-                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        })
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "the child to ignore TERM and exec sleep",
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigIgn:"))
+                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                    .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            })
+        },
+    );
     (brood, pid)
 }
 
@@ -653,7 +657,11 @@ fn sigkilled_brood_takes_a_term_ignoring_child_with_it_by_default() {
     let _cleanup = KillOnDrop(vec![pid]);
     brood.signal(Signal::SIGKILL);
     let gone = try_wait_for(Duration::from_secs(5), || process_dead(pid));
-    assert!(gone, "a TERM-ignoring child survived a SIGKILLed brood: {:?}", proc_state(pid));
+    assert!(
+        gone,
+        "a TERM-ignoring child survived a SIGKILLed brood: {:?}",
+        proc_state(pid)
+    );
     assert_eq!(brood.finish().code(), None, "brood was SIGKILLed");
 }
 
@@ -663,7 +671,11 @@ fn sigkilled_brood_takes_a_term_ignoring_child_with_it_under_pdeathsig_kill() {
     let _cleanup = KillOnDrop(vec![pid]);
     brood.signal(Signal::SIGKILL);
     let gone = try_wait_for(Duration::from_secs(5), || process_dead(pid));
-    assert!(gone, "a TERM-ignoring child survived a SIGKILLed brood: {:?}", proc_state(pid));
+    assert!(
+        gone,
+        "a TERM-ignoring child survived a SIGKILLed brood: {:?}",
+        proc_state(pid)
+    );
     assert_eq!(brood.finish().code(), None, "brood was SIGKILLed");
 }
 
