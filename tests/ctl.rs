@@ -207,19 +207,6 @@ fn prefixed(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Checks that `cond` keeps holding for the whole of `window` (an
-/// observation window for "stays down", not a wait for something to happen).
-fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + window;
-    while Instant::now() < end {
-        if !cond() {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
