@@ -30,6 +30,9 @@ pub fn non_default_dispositions() -> Vec<c_int> {
         // The raw syscall, so that 32 and 33 (hidden by glibc) are seen too.
         // The handler is the first word of the kernel's struct.
         let mut old = [0u64; 4];
+        // SAFETY: a null new action only reads the disposition; `old` is 32
+        // bytes, room for the kernel's sigaction (handler, flags, restorer,
+        // and the 8-byte mask that the last argument names).
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,

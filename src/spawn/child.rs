@@ -236,6 +236,8 @@ pub unsafe fn reset_to_default(sig: c_int) {
     );
 }
 
+/// # Safety
+/// As [`report`].
 unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
     report(err_fd, stage, *libc::__errno_location())
 }
@@ -244,6 +246,9 @@ unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
 /// write to an empty pipe, which the kernel makes atomic (under PIPE_BUF):
 /// the parent reads all of them or none. No handler can cut the write
 /// short: the child has reset every handled signal to its default.
+///
+/// # Safety
+/// Child only: `_exit` ends the process without running brood's exit code.
 unsafe fn report(err_fd: RawFd, stage: Stage, errno: c_int) -> ! {
     let msg = encode_report(stage, errno);
     libc::write(err_fd, msg.as_ptr().cast(), msg.len());

@@ -232,13 +232,14 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
 
-fn set_nonblocking(fd: RawFd) {
-    // Only ever called on brood's own read ends, never on a shared fd.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+/// Only ever called on brood's own read ends, never on a shared fd.
+fn set_nonblocking(fd: &OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
@@ -282,13 +283,25 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
 
     // Block every signal across fork, so that none runs brood's handler in
     // the child before it has reset its dispositions.
+    // SAFETY: sigset_t is a plain bit array; all-zero is the empty set.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: brood is single-threaded and the previous child, the only
+    // other user of this stack, is past exec or exit (CLONE_VFORK returned),
+    // so this is the only reference; `add(len)` is one past the end of the
+    // same allocation, which is allowed.
     let stack_top = unsafe {
         let stack = &mut *ctx.child_stack.get();
         // The stack grows down; u128 elements keep the top 16-byte aligned.
         stack.as_mut_ptr().add(stack.len()) as *mut libc::c_void
     };
+    // SAFETY: the sigsets are locals; clone gets a valid entry point, the
+    // top of a 256 KiB stack no one else uses, and a pointer to `setup`,
+    // which outlives the call: with CLONE_VFORK brood is suspended until the
+    // child has exec'd or exited, so the child's borrow of brood's memory
+    // (CLONE_VM) ends before `setup` or the stack can change. The child
+    // runs only child.rs, which writes nothing of brood's but errno.
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut saved);
@@ -367,7 +380,7 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         }
     }
     for fd in out_r.iter().chain(err_r_pipe.iter()) {
-        set_nonblocking(fd.as_raw_fd());
+        set_nonblocking(fd);
     }
     Ok(Spawned {
         pid,
@@ -380,26 +393,31 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
 /// add up fast). Returns the original limit, for the children, when it
 /// changed.
 fn raise_nofile_limit() -> Option<libc::rlimit> {
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
         return None;
     }
-    let original = lim;
-    lim.rlim_cur = lim.rlim_max;
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return None;
-    }
-    Some(original)
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    Some(libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    })
 }
 
 /// Ensure fds 0, 1 and 2 are open, so that no pipe brood makes lands on
 /// them (a child would then get its pipe on the wrong number).
 pub fn ensure_std_fds() {
     for fd in 0..3 {
+        // The fd may be closed, so it cannot be borrowed as a BorrowedFd.
+        // SAFETY: fcntl(F_GETFD) takes no pointer; a closed fd gives EBADF.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             let flags = if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY };
+            // SAFETY: a NUL-terminated literal.
             let null = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
             if null >= 0 && null != fd {
+                // SAFETY: `null` was opened just above and is closed once,
+                // here; `fd` was closed, so dup2 replaces nothing of anyone's.
                 unsafe {
                     libc::dup2(null, fd);
                     libc::close(null);
