@@ -15,10 +15,37 @@ demo: build
 	$(BROOD) spawn -- child-scripts/hello
 
 # Every test, then one quick pass of the benchmark suite that proves it runs
-# (it asserts no timing).
-test:
+# (it asserts no timing). The tools the tests use come first (test-deps).
+test: test-deps
 	$(CARGO) test --all-targets
 	$(MAKE) --no-print-directory bench-check
+
+# What the tests and the benchmark check run besides cargo: python3 with
+# PyYAML (the Kubernetes manifests are parsed back), systemd-analyze (the
+# units are verified), a C compiler (benchmark references), and util-linux's
+# setpriv, prlimit, setsid and unshare (unprivileged and namespace tests).
+# Idempotent: checks each, installs only what is missing (apt-get, as root),
+# and otherwise names what to install and fails. Tests never install.
+TEST_DEPS := python3:python3 systemd-analyze:systemd cc:gcc setpriv:util-linux \
+	prlimit:util-linux setsid:util-linux unshare:util-linux
+.PHONY: test-deps
+test-deps:
+	@missing=""; \
+	for dep in $(TEST_DEPS); do \
+		command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	python3 -c 'import yaml' >/dev/null 2>&1 || missing="$$missing python3-yaml"; \
+	[ -z "$$missing" ] && exit 0; \
+	missing=$$(printf '%s\n' $$missing | sort -u | tr '\n' ' '); \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test-deps: missing $$missing- install these packages (Debian names) and run make test again"; \
+		exit 1; \
+	fi; \
+	echo "make test-deps: apt-get install $$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; } \
+		|| { echo "make test-deps: apt-get install $$missing failed"; exit 1; }
 
 # The fault-injection stress tests (tests/stress.rs, ~10 s each); `make test` skips them.
 .PHONY: test-stress

@@ -62,8 +62,12 @@ pub struct OutputArgs {
     /// Append one JSON object per event to PATH.
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
-    /// Do not give children a parent-death signal (SIGTERM when brood dies).
-    #[arg(long)]
+    /// The signal each child gets when brood dies without its own shutdown
+    /// (SIGKILL, a crash): KILL, TERM, 9, ...
+    #[arg(long, value_name = "SIG", default_value = "KILL", value_parser = crate::signals::parse_arg)]
+    pub pdeathsig: libc::c_int,
+    /// Do not give children a parent-death signal.
+    #[arg(long, conflicts_with = "pdeathsig")]
     pub no_pdeathsig: bool,
 }
 

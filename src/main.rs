@@ -95,6 +95,9 @@ fn stdin_is_foreground_tty() -> bool {
 }
 
 fn options(args: &OutputArgs, console: bool, grace: std::time::Duration) -> Options {
+    if !args.no_pdeathsig {
+        spawn::choose_parent_death_signal(args.pdeathsig);
+    }
     Options {
         output: OutputOptions {
             inherit: args.inherit,

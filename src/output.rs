@@ -135,6 +135,8 @@ impl Sink {
             closed: false,
             color,
         };
+        // SAFETY: the borrow lives only for this fstat, and fd is one of 0/1/2,
+        // which ensure_std_fds keeps open for the whole run.
         let Ok(st) = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }) else {
             return sink;
         };
@@ -144,8 +146,10 @@ impl Sink {
         } else if kind == libc::S_IFIFO || kind == libc::S_IFCHR {
             let path = format!("/proc/self/fd/{fd}\0");
             let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+            // SAFETY: `path` ends in the NUL pushed above and outlives the call.
             let new = unsafe { libc::open(path.as_ptr().cast(), flags) };
             if new >= 0 {
+                // SAFETY: `new` was just opened here and nothing else owns it.
                 let own = unsafe { OwnedFd::from_raw_fd(new) };
                 sink.fd = own.as_raw_fd();
                 sink._own = Some(own);
@@ -211,6 +215,8 @@ impl Sink {
     pub fn flush(&mut self) -> io::Result<()> {
         while self.pos < self.buf.len() && self.writable && !self.closed {
             let chunk = &self.buf[self.pos..];
+            // SAFETY: `chunk` is a live slice of `self.buf` and the length
+            // passed is its own; the kernel only reads from it.
             let rc = unsafe {
                 match self.mode {
                     WriteMode::Socket => libc::send(
@@ -260,6 +266,7 @@ impl Sink {
                     events: libc::POLLOUT,
                     revents: 0,
                 };
+                // SAFETY: one valid pollfd on the stack, and nfds is 1.
                 unsafe { libc::poll(&mut pfd, 1, -1) };
                 self.writable = true;
             }
@@ -275,6 +282,8 @@ impl Sink {
 
 /// Whether two fds are the same pipe, terminal or file (`2>&1`).
 pub fn same_file(a: RawFd, b: RawFd) -> bool {
+    // SAFETY: the borrow lives only for this fstat; the callers pass 1 and
+    // 2, which ensure_std_fds keeps open for the whole run.
     let stat = |fd: RawFd| nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok();
     match (stat(a), stat(b)) {
         (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino && x.st_rdev == y.st_rdev,
@@ -283,6 +292,7 @@ pub fn same_file(a: RawFd, b: RawFd) -> bool {
 }
 
 pub fn is_terminal(fd: RawFd) -> bool {
+    // SAFETY: isatty takes no pointers; a closed or bad fd only gives 0.
     unsafe { libc::isatty(fd) == 1 }
 }
 
@@ -305,8 +315,13 @@ pub fn prefix(label: &str, width: usize, color_index: usize, color: bool) -> Vec
 
 /// Local wall-clock time as `HH:MM:SS.mmm `, for --timestamps.
 pub fn timestamp() -> Vec<u8> {
+    // SAFETY: both are plain C structs for which all-zero bytes are a valid
+    // value (numbers, and a null tm_zone pointer).
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to the locals above, valid for writes;
+    // localtime_r is the reentrant form and keeps no pointer to them.
     unsafe {
         libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
         libc::localtime_r(&ts.tv_sec, &mut tm);

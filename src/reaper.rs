@@ -42,6 +42,7 @@ pub fn reap_all(mut on_reaped: impl FnMut(Reaped)) {
     loop {
         let mut status: libc::c_int = 0;
         let flags = libc::WNOHANG | libc::WUNTRACED | libc::WCONTINUED;
+        // SAFETY: `status` is a local the kernel may write; nothing else.
         let pid = unsafe { libc::waitpid(-1, &mut status, flags) };
         if pid == 0 {
             return;
@@ -59,8 +60,11 @@ pub fn reap_all(mut on_reaped: impl FnMut(Reaped)) {
 
 /// Whether brood has any child left, zombie or alive, without reaping.
 pub fn has_children() -> bool {
+    // SAFETY: siginfo_t is a plain C struct (integers and a union of them)
+    // for which all-zero bytes are valid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let flags = libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a local the kernel may write; WNOWAIT reaps nothing.
     unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) == 0 }
 }
 

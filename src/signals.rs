@@ -46,6 +46,9 @@ pub fn non_default_dispositions() -> Vec<c_int> {
         // The raw syscall, so that 32 and 33 (hidden by glibc) are seen too.
         // The handler is the first word of the kernel's struct.
         let mut old = [0u64; 4];
+        // SAFETY: a null new action only reads the disposition; `old` is 32
+        // bytes, room for the kernel's sigaction (handler, flags, restorer,
+        // and the 8-byte mask that the last argument names).
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,
@@ -77,7 +80,6 @@ pub fn name(sig: c_int) -> String {
     format!("SIG{sig}")
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // used by run mode's config
 /// Parse `TERM`, `SIGTERM`, `sigterm` or `15`.
 pub fn parse(text: &str) -> Option<c_int> {
     let t = text.trim();
@@ -103,6 +105,12 @@ pub fn parse(text: &str) -> Option<c_int> {
         return (sig <= libc::SIGRTMAX()).then_some(sig);
     }
     None
+}
+
+/// [`parse`] for a command-line flag (`--pdeathsig`): SIGKILL and SIGSTOP
+/// are allowed, 0 is not.
+pub fn parse_arg(text: &str) -> Result<c_int, String> {
+    parse(text).ok_or_else(|| format!("unknown signal '{text}' (try TERM, KILL or a number)"))
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ fn brood_runs_a_single_thread() {
     for _ in 0..5 {
         assert_eq!(thread_count(pid), Some(1), "brood must be single-threaded");
         brood.send("l\n");
+        // A sampling interval, not an ordering: any thread brood started
+        // to serve the command would show in one of the samples.
         std::thread::sleep(Duration::from_millis(20));
     }
     for child in &pids {

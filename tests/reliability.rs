@@ -623,6 +623,93 @@ fn sigkilled_brood_takes_every_child_with_it() {
     assert_eq!(out.code(), None, "brood was SIGKILLed");
 }
 
+/// Starts `brood spawn -n 1 OPTS -- sh -c 'trap "" TERM; exec sleep 1000'`:
+/// a child that ignores SIGTERM (the ignored disposition survives exec).
+/// Returns the session and the child's pid, once TERM is ignored.
+fn term_ignoring_child(name: &str, opts: &[&str]) -> (Running, i32) {
+    let brood = Brood::new(name)
+        .opts(["-n", "1"].iter().chain(opts))
+        .prog("sh")
+        .args(["-c", "trap '' TERM; exec sleep 1000"])
+        .start();
+    let pid = brood.wait_spawned(1)[0];
+    wait_for(
+        Duration::from_secs(5),
+        "the child to ignore TERM and exec sleep",
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigIgn:"))
+                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                    .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            })
+        },
+    );
+    (brood, pid)
+}
+
+#[test]
+fn sigkilled_brood_takes_a_term_ignoring_child_with_it_by_default() {
+    // Regression (issue 10, item 20): the parent-death signal was SIGTERM,
+    // which this child ignores, so it outlived brood.
+    let (brood, pid) = term_ignoring_child("pdeath-default", &[]);
+    let _cleanup = KillOnDrop(vec![pid]);
+    brood.signal(Signal::SIGKILL);
+    let gone = try_wait_for(Duration::from_secs(5), || process_dead(pid));
+    assert!(
+        gone,
+        "a TERM-ignoring child survived a SIGKILLed brood: {:?}",
+        proc_state(pid)
+    );
+    assert_eq!(brood.finish().code(), None, "brood was SIGKILLed");
+}
+
+#[test]
+fn sigkilled_brood_takes_a_term_ignoring_child_with_it_under_pdeathsig_kill() {
+    let (brood, pid) = term_ignoring_child("pdeath-kill", &["--pdeathsig", "KILL"]);
+    let _cleanup = KillOnDrop(vec![pid]);
+    brood.signal(Signal::SIGKILL);
+    let gone = try_wait_for(Duration::from_secs(5), || process_dead(pid));
+    assert!(
+        gone,
+        "a TERM-ignoring child survived a SIGKILLed brood: {:?}",
+        proc_state(pid)
+    );
+    assert_eq!(brood.finish().code(), None, "brood was SIGKILLed");
+}
+
+#[test]
+fn pdeathsig_term_is_what_the_child_gets_and_may_ignore() {
+    // The trade-off the README states: with --pdeathsig TERM a child that
+    // ignores TERM outlives brood. It did get the signal, as its own choice
+    // to ignore shows: it is alive and re-parented.
+    let (brood, pid) = term_ignoring_child("pdeath-term", &["--pdeathsig", "SIGTERM"]);
+    let _cleanup = KillOnDrop(vec![pid]);
+    let brood_pid = brood.pid();
+    brood.signal(Signal::SIGKILL);
+    wait_for(Duration::from_secs(5), "the child to be re-parented", || {
+        proc_ppid(pid).is_some_and(|p| p != brood_pid)
+    });
+    // Nothing should happen in this time: the child ignores the signal.
+    let died = try_wait_for(Duration::from_millis(300), || process_dead(pid));
+    assert!(!died, "the child died although it ignores TERM");
+    let _ = brood.finish();
+}
+
+#[test]
+fn pdeathsig_rejects_unknown_signals_and_no_pdeathsig() {
+    for opts in [
+        &["--pdeathsig", "NOPE"][..],
+        &["--pdeathsig", "0"][..],
+        &["--pdeathsig", "KILL", "--no-pdeathsig"][..],
+    ] {
+        let out = Brood::new("pdeath-usage").opts(opts).prog("/bin/true").run();
+        out.assert_code(2);
+        assert!(out.events_of("spawn").is_empty(), "{}", out.context());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A grandchild holding the pipe
 

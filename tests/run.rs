@@ -12,7 +12,6 @@ mod util;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -846,8 +845,12 @@ fn console_k_stops_one_instance_and_its_siblings_keep_running() {
     let (mut brood, pids) = start_console("console-k");
     brood.send("k web.2\n");
     brood.wait_events("web.2 exit", |ev| !events_for(ev, "exit", "web.2").is_empty());
-    // Give a wrongful restart (backoff is 10 ms) time to happen.
-    thread::sleep(Duration::from_millis(200));
+    // Nothing should happen in this window: a wrongful restart (the backoff
+    // is 10 ms) would spawn web.2 again well within it.
+    let stays_down = holds_for(Duration::from_millis(200), || {
+        events_for(&brood.events(), "spawn", "web.2").len() == 1
+    });
+    assert!(stays_down, "web.2 was restarted after k: {:?}", brood.events());
     let rows = list(&mut brood, 3);
     let state = |label: &str| rows.iter().find(|r| r.0 == label).cloned().expect(label);
     assert_eq!(state("web.2").2, "stopped", "{rows:?}");

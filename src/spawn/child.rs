@@ -13,8 +13,9 @@
 //! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
 //! `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
-//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask), `execve`, `write` (the errno to
-//! the error pipe) and `_exit(127)`.
+//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask),
+//! `execve`, `write` (the [`REPORT_LEN`]-byte failure report to the error
+//! pipe) and `_exit(127)`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
@@ -22,22 +23,63 @@ use libc::{c_char, c_int};
 use std::os::fd::RawFd;
 
 /// What went wrong in the child, sent to the parent with the errno.
-#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    Setup = 1,
-    Chdir = 2,
-    Exec = 3,
+    Setup,
+    Chdir,
+    Exec,
+    /// Never sent: the parent could not read a well-formed report (`why`,
+    /// after `len` bytes), so it killed the child.
+    Report {
+        len: usize,
+        why: &'static str,
+    },
 }
 
 impl Stage {
-    pub fn from_u32(v: u32) -> Stage {
-        match v {
-            1 => Stage::Setup,
-            2 => Stage::Chdir,
-            _ => Stage::Exec,
+    /// The number a child sends for this stage.
+    pub fn to_wire(self) -> u32 {
+        match self {
+            Stage::Setup => 1,
+            Stage::Chdir => 2,
+            Stage::Exec => 3,
+            Stage::Report { .. } => 4,
         }
     }
+
+    /// The stages a child may send; anything else is a malformed report.
+    pub fn from_wire(v: u32) -> Option<Stage> {
+        match v {
+            1 => Some(Stage::Setup),
+            2 => Some(Stage::Chdir),
+            3 => Some(Stage::Exec),
+            _ => None,
+        }
+    }
+}
+
+/// The failure report's size: errno and stage as big-endian u32s, then
+/// [`REPORT_FOOTER`]. Rust std's `Command` sends errno and "NOEX" the same
+/// way: a fixed size the parent reads exactly, and a check word, so that a
+/// short or stray write can never pass for a report (or for success).
+pub const REPORT_LEN: usize = 12;
+/// The check word that ends every failure report.
+pub const REPORT_FOOTER: [u8; 4] = *b"NOEX";
+
+/// The bytes of a failure report. Plain array copies only: it runs in the
+/// child.
+pub fn encode_report(stage: Stage, errno: c_int) -> [u8; REPORT_LEN] {
+    let mut msg = [0u8; REPORT_LEN];
+    let errno = (errno as u32).to_be_bytes();
+    let stage = stage.to_wire().to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        msg[i] = errno[i];
+        msg[4 + i] = stage[i];
+        msg[8 + i] = REPORT_FOOTER[i];
+        i += 1;
+    }
+    msg
 }
 
 /// Everything the child touches, prepared by the parent before `fork`.
@@ -194,22 +236,21 @@ pub unsafe fn reset_to_default(sig: c_int) {
     );
 }
 
+/// # Safety
+/// As [`report`].
 unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
     report(err_fd, stage, *libc::__errno_location())
 }
 
-/// Send `[stage, errno]` to the parent and leave. The 8 bytes go in one
-/// write, which is atomic on a pipe.
+/// Send the failure report to the parent and leave. The 12 bytes go in one
+/// write to an empty pipe, which the kernel makes atomic (under PIPE_BUF):
+/// the parent reads all of them or none. No handler can cut the write
+/// short: the child has reset every handled signal to its default.
+///
+/// # Safety
+/// Child only: `_exit` ends the process without running brood's exit code.
 unsafe fn report(err_fd: RawFd, stage: Stage, errno: c_int) -> ! {
-    let mut msg = [0u8; 8];
-    let stage = (stage as u32).to_ne_bytes();
-    let errno = (errno as u32).to_ne_bytes();
-    let mut i = 0;
-    while i < 4 {
-        msg[i] = stage[i];
-        msg[4 + i] = errno[i];
-        i += 1;
-    }
+    let msg = encode_report(stage, errno);
     libc::write(err_fd, msg.as_ptr().cast(), msg.len());
     libc::_exit(127)
 }

@@ -17,11 +17,12 @@ pub mod child;
 pub mod plan;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use child::{ChildSetup, Stage};
+use child::{ChildSetup, Stage, REPORT_FOOTER, REPORT_LEN};
 use plan::{CArray, Image};
 
 /// Where the child's stdout and stderr go.
@@ -55,6 +56,8 @@ pub struct SpawnContext {
 }
 
 impl SpawnContext {
+    /// `pdeathsig`: `None` for no parent-death signal; `Some(sig)` for one,
+    /// `sig` unless [`choose_parent_death_signal`] chose another.
     pub fn new(
         reset_signals: Vec<libc::c_int>,
         pdeathsig: Option<libc::c_int>,
@@ -69,6 +72,10 @@ impl SpawnContext {
         let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft.min(1 << 20) as libc::c_int)
             .unwrap_or(1024);
+        let pdeathsig = pdeathsig.map(|asked| match CHOSEN_PDEATHSIG.load(Ordering::Relaxed) {
+            0 => asked,
+            chosen => chosen,
+        });
         Ok(SpawnContext {
             reset_signals,
             pdeathsig,
@@ -82,6 +89,21 @@ impl SpawnContext {
             original_nofile,
         })
     }
+}
+
+/// The parent-death signal `--pdeathsig` chose, or 0 before `main` chose.
+///
+/// A stopgap while the run loop is being rebuilt: the supervisor's
+/// `Options` says only whether children get a parent-death signal and asks
+/// [`SpawnContext::new`] for SIGTERM, so `main` sets the chosen signal here
+/// once, before the supervisor starts. Once `Options` carries the signal,
+/// the supervisor passes it to `SpawnContext::new` and this goes.
+static CHOSEN_PDEATHSIG: AtomicI32 = AtomicI32::new(0);
+
+/// Make `sig` the parent-death signal of every child spawned with a
+/// parent-death signal from now on (`--pdeathsig`).
+pub fn choose_parent_death_signal(sig: libc::c_int) {
+    CHOSEN_PDEATHSIG.store(sig, Ordering::Relaxed);
 }
 
 const CHILD_STACK_BYTES: usize = 256 * 1024;
@@ -143,8 +165,66 @@ impl SpawnError {
             } => {
                 format!("cannot exec '{prog}': child setup failed: {reason}")
             }
+            SpawnError::Exec {
+                stage: Stage::Report { len, why },
+                ..
+            } => format!(
+                "cannot exec '{prog}': unreadable exec-error report ({why}, {len} of {REPORT_LEN} bytes), child killed: {reason}"
+            ),
             SpawnError::Exec { .. } => format!("cannot exec '{prog}': {reason}"),
         }
+    }
+}
+
+/// What the parent made of the error pipe right after the clone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecReport {
+    /// Nothing to read: the child passed exec's point of no return.
+    Execed,
+    /// A well-formed failure report from the child.
+    Failed { stage: Stage, errno: Errno },
+    /// Bytes that are no report (or a read that failed after `len`):
+    /// brood cannot tell whether the exec happened.
+    Unreadable {
+        len: usize,
+        why: &'static str,
+        errno: Errno,
+    },
+}
+
+/// Decode what the error pipe held right after the clone: nothing (the
+/// exec happened) or exactly one [`REPORT_LEN`]-byte report. Anything else
+/// is reported as unreadable, never taken for success.
+pub fn decode_report(bytes: &[u8]) -> ExecReport {
+    let unreadable = |why| ExecReport::Unreadable {
+        len: bytes.len(),
+        why,
+        errno: Errno::EPROTO,
+    };
+    if bytes.is_empty() {
+        return ExecReport::Execed;
+    }
+    let Ok(msg) = <[u8; REPORT_LEN]>::try_from(bytes) else {
+        return unreadable(if bytes.len() < REPORT_LEN {
+            "short report"
+        } else {
+            "overlong report"
+        });
+    };
+    if msg[8..] != REPORT_FOOTER {
+        return unreadable("no check word");
+    }
+    let errno = i32::from_be_bytes([msg[0], msg[1], msg[2], msg[3]]);
+    let stage = u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]]);
+    let Some(stage) = Stage::from_wire(stage) else {
+        return unreadable("unknown stage");
+    };
+    if errno <= 0 {
+        return unreadable("no errno");
+    }
+    ExecReport::Failed {
+        stage,
+        errno: Errno::from_raw(errno),
     }
 }
 
@@ -152,13 +232,14 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
 
-fn set_nonblocking(fd: RawFd) {
-    // Only ever called on brood's own read ends, never on a shared fd.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+/// Only ever called on brood's own read ends, never on a shared fd.
+fn set_nonblocking(fd: &OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
@@ -202,13 +283,25 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
 
     // Block every signal across fork, so that none runs brood's handler in
     // the child before it has reset its dispositions.
+    // SAFETY: sigset_t is a plain bit array; all-zero is the empty set.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: brood is single-threaded and the previous child, the only
+    // other user of this stack, is past exec or exit (CLONE_VFORK returned),
+    // so this is the only reference; `add(len)` is one past the end of the
+    // same allocation, which is allowed.
     let stack_top = unsafe {
         let stack = &mut *ctx.child_stack.get();
         // The stack grows down; u128 elements keep the top 16-byte aligned.
         stack.as_mut_ptr().add(stack.len()) as *mut libc::c_void
     };
+    // SAFETY: the sigsets are locals; clone gets a valid entry point, the
+    // top of a 256 KiB stack no one else uses, and a pointer to `setup`,
+    // which outlives the call: with CLONE_VFORK brood is suspended until the
+    // child has exec'd or exited, so the child's borrow of brood's memory
+    // (CLONE_VM) ends before `setup` or the stack can change. The child
+    // runs only child.rs, which writes nothing of brood's but errno.
     let pid = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut saved);
@@ -237,33 +330,57 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
     };
 
     // With CLONE_VFORK, clone returns once the child has passed exec's
-    // point of no return or has exited. A failing child writes its 8 bytes
-    // before it exits, so they are here now; a child past the point of no
-    // return can write nothing more. So "nothing to read" already means
-    // success: brood need not wait for EOF, which comes only after the
-    // kernel has closed every close-on-exec fd of the child (thousands, with
-    // thousands of children) and would serialize spawns on that work.
-    let mut msg = [0u8; 8];
+    // point of no return or has exited. A failing child writes its report
+    // (one atomic write) before it exits, so it is here now; a child past
+    // the point of no return can write nothing more. So "nothing to read"
+    // already means success: brood need not wait for EOF, which comes only
+    // after the kernel has closed every close-on-exec fd of the child
+    // (thousands, with thousands of children) and would serialize spawns on
+    // that work. One byte more than a report is read, to catch a long one.
+    let mut buf = [0u8; REPORT_LEN + 1];
     let mut got = 0;
-    while got < msg.len() {
-        match nix::unistd::read(&err_r, &mut msg[got..]) {
-            Ok(0) => break,
+    let read_error = loop {
+        if got == buf.len() {
+            break None;
+        }
+        match nix::unistd::read(&err_r, &mut buf[got..]) {
+            Ok(0) | Err(Errno::EAGAIN) => break None,
             Ok(n) => got += n,
             Err(Errno::EINTR) => continue,
-            Err(_) => break,
+            Err(e) => break Some(e),
+        }
+    };
+    let report = match read_error {
+        None => decode_report(&buf[..got]),
+        Some(errno) => ExecReport::Unreadable {
+            len: got,
+            why: "reading the pipe failed",
+            errno,
+        },
+    };
+    match report {
+        ExecReport::Execed => {}
+        ExecReport::Failed { stage, errno } => return Err(SpawnError::Exec { pid, stage, errno }),
+        ExecReport::Unreadable { len, why, errno } => {
+            // Whether it exec'd is unknown: a child brood cannot account
+            // for must not run unsupervised. The pid (and the group it
+            // leads) is brood's until reaped, so it cannot be a stranger's.
+            let target = if ctx.new_group {
+                -pid.as_raw()
+            } else {
+                pid.as_raw()
+            };
+            // SAFETY: kill takes no pointers; the target is our unreaped child.
+            unsafe { libc::kill(target, libc::SIGKILL) };
+            return Err(SpawnError::Exec {
+                pid,
+                stage: Stage::Report { len, why },
+                errno,
+            });
         }
     }
-    if got == msg.len() {
-        let stage = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let errno = u32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
-        return Err(SpawnError::Exec {
-            pid,
-            stage: Stage::from_u32(stage),
-            errno: Errno::from_raw(errno as i32),
-        });
-    }
     for fd in out_r.iter().chain(err_r_pipe.iter()) {
-        set_nonblocking(fd.as_raw_fd());
+        set_nonblocking(fd);
     }
     Ok(Spawned {
         pid,
@@ -276,31 +393,138 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
 /// add up fast). Returns the original limit, for the children, when it
 /// changed.
 fn raise_nofile_limit() -> Option<libc::rlimit> {
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
         return None;
     }
-    let original = lim;
-    lim.rlim_cur = lim.rlim_max;
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return None;
-    }
-    Some(original)
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    Some(libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    })
 }
 
 /// Ensure fds 0, 1 and 2 are open, so that no pipe brood makes lands on
 /// them (a child would then get its pipe on the wrong number).
 pub fn ensure_std_fds() {
     for fd in 0..3 {
+        // The fd may be closed, so it cannot be borrowed as a BorrowedFd.
+        // SAFETY: fcntl(F_GETFD) takes no pointer; a closed fd gives EBADF.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             let flags = if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY };
+            // SAFETY: a NUL-terminated literal.
             let null = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
             if null >= 0 && null != fd {
+                // SAFETY: `null` was opened just above and is closed once,
+                // here; `fd` was closed, so dup2 replaces nothing of anyone's.
                 unsafe {
                     libc::dup2(null, fd);
                     libc::close(null);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use child::encode_report;
+
+    fn unreadable(report: ExecReport) -> (usize, &'static str) {
+        match report {
+            ExecReport::Unreadable { len, why, errno } => {
+                assert_eq!(errno, Errno::EPROTO);
+                (len, why)
+            }
+            other => panic!("expected an unreadable report, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_on_the_pipe_means_the_exec_happened() {
+        assert_eq!(decode_report(&[]), ExecReport::Execed);
+    }
+
+    #[test]
+    fn every_stage_and_errno_round_trips() {
+        for stage in [Stage::Setup, Stage::Chdir, Stage::Exec] {
+            for errno in [Errno::ENOENT, Errno::EACCES, Errno::ENOEXEC, Errno::E2BIG] {
+                assert_eq!(
+                    decode_report(&encode_report(stage, errno as i32)),
+                    ExecReport::Failed { stage, errno }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_report_is_big_endian_errno_stage_then_noex() {
+        let msg = encode_report(Stage::Chdir, libc::ENOENT);
+        assert_eq!(msg, [0, 0, 0, 2, 0, 0, 0, 2, b'N', b'O', b'E', b'X']);
+    }
+
+    #[test]
+    fn a_short_report_is_an_error_not_success() {
+        let msg = encode_report(Stage::Exec, libc::ENOENT);
+        for len in 1..REPORT_LEN {
+            assert_eq!(unreadable(decode_report(&msg[..len])), (len, "short report"));
+        }
+    }
+
+    #[test]
+    fn an_overlong_report_is_an_error() {
+        let mut long = encode_report(Stage::Exec, libc::ENOENT).to_vec();
+        long.push(0);
+        assert_eq!(
+            unreadable(decode_report(&long)),
+            (REPORT_LEN + 1, "overlong report")
+        );
+    }
+
+    #[test]
+    fn a_report_without_the_check_word_is_an_error() {
+        let mut msg = encode_report(Stage::Exec, libc::ENOENT);
+        msg[11] = b'Y';
+        assert_eq!(unreadable(decode_report(&msg)), (REPORT_LEN, "no check word"));
+        // The old native-endian 8-byte format, padded, is not a report either.
+        let mut old = [0u8; REPORT_LEN];
+        old[..4].copy_from_slice(&3u32.to_ne_bytes());
+        old[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        assert_eq!(unreadable(decode_report(&old)).1, "no check word");
+    }
+
+    #[test]
+    fn an_unknown_stage_or_a_missing_errno_is_an_error() {
+        let mut msg = encode_report(Stage::Exec, libc::ENOENT);
+        msg[7] = 9;
+        assert_eq!(unreadable(decode_report(&msg)).1, "unknown stage");
+        let zero = encode_report(Stage::Exec, 0);
+        assert_eq!(unreadable(decode_report(&zero)).1, "no errno");
+        // The stage the parent uses for its own failures is never accepted.
+        let report = encode_report(Stage::Report { len: 0, why: "" }, libc::ENOENT);
+        assert_eq!(unreadable(decode_report(&report)).1, "unknown stage");
+    }
+
+    #[test]
+    fn an_unreadable_report_names_its_cause_in_one_line() {
+        let image = plan::Image::new(std::ffi::OsStr::new("/bin/true"), &[], None).expect("image");
+        let err = SpawnError::Exec {
+            pid: Pid::from_raw(1),
+            stage: Stage::Report {
+                len: 5,
+                why: "short report",
+            },
+            errno: Errno::EPROTO,
+        };
+        let text = err.describe(&image);
+        assert!(
+            text.starts_with(
+                "cannot exec '/bin/true': unreadable exec-error report (short report, 5 of 12 bytes)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
     }
 }

@@ -121,6 +121,21 @@ pub fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
     }
 }
 
+/// Checks that `cond` keeps holding for the whole of `window`: an
+/// observation window for "nothing should happen" (a wrongful restart, a
+/// signal that must be ignored), never a wait for something to happen.
+/// Fails as soon as `cond` stops holding.
+pub fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if !cond() {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
 // ---------------------------------------------------------------------------
 // /proc helpers
 
