@@ -25,7 +25,9 @@ use crate::spawn::{self, plan, SpawnContext, Stdio};
 /// brood's own (reaping), and the synchronous faults are left to their
 /// default action (signal-hook refuses ILL, FPE and SEGV; Rust's runtime
 /// uses SEGV and BUS for stack overflows; ABRT is how brood itself aborts).
-const NOT_FORWARDED: &[c_int] = &[SIGKILL, SIGSTOP, SIGCHLD, SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGABRT];
+const NOT_FORWARDED: &[c_int] = &[
+    SIGKILL, SIGSTOP, SIGCHLD, SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGABRT,
+];
 
 /// How often the SIGKILL round repeats while leftovers remain (one that
 /// forked between a scan and the kill is caught by the next round).
@@ -166,6 +168,8 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
     let mut status: Option<ExitStatus> = None;
     // After the command has exited: when the next SIGKILL round is due.
     let mut kill_at: Option<Instant> = None;
+    // SIGKILL rounds in a row that found no leftover although some remain.
+    let mut empty_rounds = 0;
     let mut events = MioEvents::with_capacity(64);
     loop {
         logging::flush_to_stderr();
@@ -184,10 +188,15 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
                     kill_at = Some(Instant::now() + opts.leftover_grace);
                 }
                 Some(t) if Instant::now() >= t => {
-                    if leftovers.signal(SIGKILL) == 0 {
-                        // Children remain, yet none can be found: /proc is
-                        // another PID namespace's. Waiting would never end.
-                        reaper::reap_all(|_| {});
+                    if leftovers.signal(SIGKILL) > 0 {
+                        empty_rounds = 0;
+                    } else {
+                        empty_rounds += 1;
+                    }
+                    // Children remain, yet two rounds in a row found none
+                    // (one may just have become a zombie): /proc is another
+                    // PID namespace's. Waiting would never end.
+                    if empty_rounds >= 2 {
                         log::warn!(
                             "leftovers of {} cannot be found in /proc (another PID namespace's?): leaving them",
                             image.display_name()
@@ -267,6 +276,7 @@ impl Leftovers {
             Leftovers::Namespace => usize::from(unsafe { libc::kill(-1, sig) } == 0),
             Leftovers::Descendants => {
                 let pids = descendants();
+                log::debug!("{} to leftovers {pids:?}", signals::name(sig));
                 for &pid in &pids {
                     unsafe { libc::kill(pid, sig) };
                 }
@@ -349,8 +359,28 @@ mod tests {
     fn forwards_every_catchable_signal_but_chld_and_the_faults() {
         let all = forwarded(false);
         for sig in [
-            SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN,
-            SIGTTOU, libc::SIGPWR, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ, SIGIO, SIGURG, SIGPIPE, libc::SIGSTKFLT, SIGSYS,
+            SIGHUP,
+            SIGINT,
+            SIGQUIT,
+            SIGUSR1,
+            SIGUSR2,
+            SIGTERM,
+            SIGWINCH,
+            SIGALRM,
+            SIGCONT,
+            SIGTSTP,
+            SIGTTIN,
+            SIGTTOU,
+            libc::SIGPWR,
+            SIGVTALRM,
+            SIGPROF,
+            SIGXCPU,
+            SIGXFSZ,
+            SIGIO,
+            SIGURG,
+            SIGPIPE,
+            libc::SIGSTKFLT,
+            SIGSYS,
             SIGTRAP,
         ] {
             assert!(all.contains(&sig), "{}", signals::name(sig));
@@ -358,7 +388,9 @@ mod tests {
         for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
             assert!(all.contains(&sig), "{}", signals::name(sig));
         }
-        for sig in [SIGCHLD, SIGKILL, SIGSTOP, SIGSEGV, SIGILL, SIGFPE, SIGBUS, SIGABRT, 32, 33] {
+        for sig in [
+            SIGCHLD, SIGKILL, SIGSTOP, SIGSEGV, SIGILL, SIGFPE, SIGBUS, SIGABRT, 32, 33,
+        ] {
             assert!(!all.contains(&sig), "{}", signals::name(sig));
         }
         let tty = forwarded(true);

@@ -26,7 +26,11 @@ fn main() {
     let cli = Cli::parse();
     let (mut verbose, mut quiet) = (cli.verbose, cli.quiet);
     if let (Command::Init(_), 0, 0) = (&cli.command, verbose, quiet) {
-        if let Some(level) = std::env::var("TINI_VERBOSITY").ok().as_deref().and_then(tini_verbosity) {
+        if let Some(level) = std::env::var("TINI_VERBOSITY")
+            .ok()
+            .as_deref()
+            .and_then(tini_verbosity)
+        {
             (verbose, quiet) = level;
         }
     }

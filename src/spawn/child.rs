@@ -163,7 +163,11 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
-    let mask = if setup.mask.is_null() { &empty } else { &*setup.mask };
+    let mask = if setup.mask.is_null() {
+        &empty
+    } else {
+        &*setup.mask
+    };
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
 
     // The PATH search, as execvp does it: ENOENT-like errors move on to the

@@ -203,7 +203,10 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         err_fd: err_w.as_raw_fd(),
         reset_signals: &ctx.reset_signals,
         ignore_signals: &ctx.ignore_signals,
-        mask: ctx.child_mask.as_ref().map_or(std::ptr::null(), |m| m as *const libc::sigset_t),
+        mask: ctx
+            .child_mask
+            .as_ref()
+            .map_or(std::ptr::null(), |m| m as *const libc::sigset_t),
         pdeathsig: ctx.pdeathsig.unwrap_or(0),
         parent_pid: ctx.parent_pid,
         new_group: ctx.new_group,
