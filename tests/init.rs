@@ -1,8 +1,10 @@
 //! `brood init`: the exit-code matrix (0..=255 and 128+signal), exec
-//! failures (127/126), signal forwarding to CMD (and to its group with
-//! `-g`), reaping a zombie storm of orphans, stopping what CMD left behind
-//! (SIGTERM, then SIGKILL after `--grace`), and brood as a real PID 1 in a
-//! new PID namespace.
+//! failures (127/126), forwarding of every catchable signal to CMD (and to
+//! its group with `-g`) with brood neither killed nor stopped, as PID 1 too,
+//! the signal mask and ignored signals CMD inherits, reaping a zombie storm
+//! of orphans, stopping what CMD left behind (SIGTERM, then SIGKILL after
+//! the leftover grace), brood as a real PID 1 in a new PID namespace with
+//! and without its own /proc, and tini's options and variables.
 //!
 //! Every brood runs in its own temp dir and process group under the
 //! harness's watchdog (see `tests/util/mod.rs`). CMD runs in a process group
