@@ -14,9 +14,9 @@
 //! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
 //! `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
-//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask, or in init mode the mask brood
-//! inherited), `execve`, `write` (the errno to
-//! the error pipe) and `_exit(127)`.
+//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask,
+//! or in init mode the mask brood inherited), `execve`, `write` (the errno
+//! to the error pipe) and `_exit(127)`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
