@@ -527,8 +527,14 @@ fn brood_itself_unblocks_what_its_parent_blocked_and_still_forwards_it() {
     });
     let cmd_pid = children_of(brood_pid)[0].0;
     kills.add(cmd_pid);
-    let own = std::fs::read_to_string(format!("/proc/{brood_pid}/status")).unwrap();
-    assert_eq!(status_mask(&own, "SigBlk:"), Some(0), "brood runs unblocked");
+    // brood blocks everything for a moment around each fork; after that
+    // it runs with nothing blocked.
+    wait_for(DEADLINE, "brood to run unblocked", || {
+        std::fs::read_to_string(format!("/proc/{brood_pid}/status"))
+            .ok()
+            .and_then(|t| status_mask(&t, "SigBlk:"))
+            == Some(0)
+    });
     brood.signal(Signal::SIGTERM);
     wait_for(DEADLINE, "TERM pending in CMD", || {
         std::fs::read_to_string(format!("/proc/{cmd_pid}/status"))
