@@ -122,14 +122,38 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Forward signals to CMD's whole process group, not only to CMD.
+    /// Forward signals to CMD's whole process group, not only to CMD
+    /// (also when TINI_KILL_PROCESS_GROUP is set).
     #[arg(short = 'g', long = "group")]
     pub group: bool,
-    /// After CMD exits: time between SIGTERM and SIGKILL for what it left behind.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
-    pub grace: Duration,
+    /// After CMD exits: time between SIGTERM and SIGKILL for what it left
+    /// behind (`--grace` is the older name).
+    #[arg(long = "leftover-grace", alias = "grace", value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    pub leftover_grace: Duration,
+    /// Accepted for tini's sake; brood is always a subreaper when not PID 1.
+    #[arg(short = 's', long = "subreaper")]
+    pub subreaper: bool,
+    /// Signal brood gets when its parent dies (tini's -p), e.g. SIGKILL or TERM.
+    #[arg(short = 'p', long = "pdeathsig", value_name = "SIG")]
+    pub pdeathsig: Option<String>,
+    /// Warn on every zombie brood reaps (other than CMD).
+    #[arg(short = 'w', long = "warn-on-reap")]
+    pub warn_on_reap: bool,
+    /// Exit 0 when CMD's code (or 128+signal) is CODE; may repeat.
+    #[arg(short = 'e', long = "expect-code", value_name = "CODE", value_parser = clap::value_parser!(u8))]
+    pub expect_codes: Vec<u8>,
+    /// Print brood's license and version, then exit.
+    #[arg(short = 'l', long = "license")]
+    pub license: bool,
+    /// Print brood's version, then exit (as `tini --version`).
+    #[arg(long = "version")]
+    pub version: bool,
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD [ARGS]...")]
+    #[arg(
+        required_unless_present_any = ["license", "version"],
+        trailing_var_arg = true,
+        value_name = "CMD [ARGS]..."
+    )]
     pub command: Vec<OsString>,
 }
 

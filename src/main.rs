@@ -12,9 +12,29 @@ use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
 use supervisor::{Driver, InstanceEnv, Options, Program, SpawnQueue, Supervisor};
 
+/// Runs before Rust's runtime sets SIGPIPE to SIG_IGN, to record whether
+/// brood's parent had ignored it: `brood init` passes that on to its command.
+#[used]
+#[link_section = ".init_array"]
+static RECORD_INHERITED_SIGPIPE: extern "C" fn() = record_inherited_sigpipe;
+
+extern "C" fn record_inherited_sigpipe() {
+    brood::signals::record_inherited_sigpipe();
+}
+
 fn main() {
     let cli = Cli::parse();
-    logging::init(cli.verbose, cli.quiet);
+    let (mut verbose, mut quiet) = (cli.verbose, cli.quiet);
+    if let (Command::Init(_), 0, 0) = (&cli.command, verbose, quiet) {
+        if let Some(level) = std::env::var("TINI_VERBOSITY")
+            .ok()
+            .as_deref()
+            .and_then(tini_verbosity)
+        {
+            (verbose, quiet) = level;
+        }
+    }
+    logging::init(verbose, quiet);
     spawn::ensure_std_fds();
     let code = match run(cli.command) {
         Ok(code) => code,
@@ -185,14 +205,52 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
 }
 
 fn run_init(args: InitArgs) -> Result<i32, Error> {
-    let spec = ProgramSpec::from_command(args.command, args.grace, false)?;
+    if args.version {
+        println!("brood {}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    if args.license {
+        print!(
+            "brood {} - {}\nLicensed under the {} license.\n",
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_DESCRIPTION"),
+            env!("CARGO_PKG_LICENSE")
+        );
+        return Ok(0);
+    }
+    let pdeathsig = match &args.pdeathsig {
+        Some(text) => Some(
+            brood::signals::parse(text)
+                .ok_or_else(|| Error::usage(format!("-p: unknown signal '{text}'")))?,
+        ),
+        None => None,
+    };
+    // tini's variables count when set at all, whatever their value.
+    let group = args.group || std::env::var_os("TINI_KILL_PROCESS_GROUP").is_some();
+    let spec = ProgramSpec::from_command(args.command, args.leftover_grace, false)?;
     init::run(
         spec,
         init::InitOptions {
-            group: args.group,
-            grace: args.grace,
+            group,
+            leftover_grace: args.leftover_grace,
+            pdeathsig,
+            warn_on_reap: args.warn_on_reap,
+            expect_codes: args.expect_codes,
         },
     )
+}
+
+/// brood's `-v`/`-q` counts for tini's TINI_VERBOSITY levels: 0 errors
+/// only, 1 (tini's default) warnings, 2 info (brood's default), 3 debug,
+/// 4 and more trace.
+fn tini_verbosity(level: &str) -> Option<(u8, u8)> {
+    Some(match level.trim().parse::<u32>().ok()? {
+        0 => (0, 2),
+        1 => (0, 1),
+        2 => (0, 0),
+        3 => (1, 0),
+        _ => (2, 0),
+    })
 }
 
 fn run_export(target: ExportTarget) -> Result<i32, Error> {

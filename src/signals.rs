@@ -4,6 +4,7 @@
 //! acts on them in ordinary code. Nothing here runs in a handler.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::c_int;
 use signal_hook::consts::signal::*;
@@ -34,35 +35,78 @@ pub fn register(signals: &[c_int]) -> io::Result<Signals> {
     Signals::new(signals)
 }
 
+/// What a signal does when it arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Default,
+    Ignore,
+    Handler,
+}
+
+/// The disposition of `sig` right now, or None for a number the kernel
+/// refuses.
+pub fn disposition(sig: c_int) -> Option<Disposition> {
+    // The raw syscall, so that 32 and 33 (hidden by glibc) are seen too.
+    // The handler is the first word of the kernel's struct.
+    let mut old = [0u64; 4];
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig as libc::c_long,
+            std::ptr::null::<u64>(),
+            old.as_mut_ptr(),
+            8 as libc::c_long,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    Some(if old[0] == libc::SIG_DFL as u64 {
+        Disposition::Default
+    } else if old[0] == libc::SIG_IGN as u64 {
+        Disposition::Ignore
+    } else {
+        Disposition::Handler
+    })
+}
+
+/// Every signal number a process can catch or ignore (all but KILL and STOP).
+pub fn all_settable() -> impl Iterator<Item = c_int> {
+    (1..=libc::SIGRTMAX()).filter(|&sig| sig != SIGKILL && sig != SIGSTOP)
+}
+
 /// Every signal whose disposition is not SIG_DFL right now (brood's
 /// handlers, and SIG_IGN such as Rust's SIGPIPE or an inherited nohup).
 /// A child resets exactly these before it unblocks signals.
 pub fn non_default_dispositions() -> Vec<c_int> {
-    let mut out = Vec::new();
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig == SIGKILL || sig == SIGSTOP {
-            continue;
-        }
-        // The raw syscall, so that 32 and 33 (hidden by glibc) are seen too.
-        // The handler is the first word of the kernel's struct.
-        let mut old = [0u64; 4];
-        // SAFETY: a null new action only reads the disposition; `old` is 32
-        // bytes, room for the kernel's sigaction (handler, flags, restorer,
-        // and the 8-byte mask that the last argument names).
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig as libc::c_long,
-                std::ptr::null::<u64>(),
-                old.as_mut_ptr(),
-                8 as libc::c_long,
-            )
-        };
-        if rc == 0 && old[0] != libc::SIG_DFL as u64 {
-            out.push(sig);
-        }
-    }
-    out
+    all_settable()
+        .filter(|&sig| matches!(disposition(sig), Some(d) if d != Disposition::Default))
+        .collect()
+}
+
+/// Whether SIGPIPE was ignored when brood started, before Rust's runtime
+/// set it to SIG_IGN (rust-lang/rust#62569). Set by `record_inherited_sigpipe`.
+static SIGPIPE_WAS_IGNORED: AtomicBool = AtomicBool::new(false);
+
+/// Record SIGPIPE's inherited disposition. Must run before Rust's runtime
+/// starts: `main.rs` calls it from an `.init_array` constructor.
+pub fn record_inherited_sigpipe() {
+    let ignored = disposition(SIGPIPE) == Some(Disposition::Ignore);
+    SIGPIPE_WAS_IGNORED.store(ignored, Ordering::Relaxed);
+}
+
+/// Every signal that brood's parent left ignored, as far as brood can still
+/// tell (SIGPIPE from the record taken before Rust's runtime changed it).
+pub fn inherited_ignored() -> Vec<c_int> {
+    all_settable()
+        .filter(|&sig| {
+            if sig == SIGPIPE {
+                SIGPIPE_WAS_IGNORED.load(Ordering::Relaxed)
+            } else {
+                disposition(sig) == Some(Disposition::Ignore)
+            }
+        })
+        .collect()
 }
 
 /// `SIGTERM` for 15, `SIGRTMIN+2` for real-time signals, `SIG42` otherwise.

@@ -9,13 +9,14 @@
 //! does is a raw syscall through `libc`.
 //!
 //! The calls allowed here, in the order they are made:
-//! `rt_sigaction` (reset brood's handled and ignored signals to SIG_DFL),
+//! `rt_sigaction` (reset brood's handled and ignored signals to SIG_DFL;
+//! in init mode, set the ones brood's parent ignored back to SIG_IGN),
 //! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
 //! `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
-//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask),
-//! `execve`, `write` (the [`REPORT_LEN`]-byte failure report to the error
-//! pipe) and `_exit(127)`.
+//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask,
+//! or in init mode the mask brood inherited), `execve`, `write` (the
+//! [`REPORT_LEN`]-byte failure report to the error pipe) and `_exit(127)`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
@@ -100,6 +101,10 @@ pub struct ChildSetup<'a> {
     pub err_fd: RawFd,
     /// Signals whose disposition brood changed (handlers and SIG_IGN).
     pub reset_signals: &'a [c_int],
+    /// Signals to set to SIG_IGN after the resets (init mode).
+    pub ignore_signals: &'a [c_int],
+    /// The mask to exec with, or null for an empty one.
+    pub mask: *const libc::sigset_t,
     /// Parent-death signal, or 0 for none.
     pub pdeathsig: c_int,
     /// brood's pid, to detect that brood died before the prctl.
@@ -132,6 +137,9 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     // blocked from before the fork; reset dispositions before unblocking.
     for &sig in setup.reset_signals {
         reset_to_default(sig);
+    }
+    for &sig in setup.ignore_signals {
+        set_ignored(sig);
     }
 
     if setup.new_group && libc::setpgid(0, 0) != 0 {
@@ -196,7 +204,12 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    let mask = if setup.mask.is_null() {
+        &empty
+    } else {
+        &*setup.mask
+    };
+    libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
 
     // The PATH search, as execvp does it: ENOENT-like errors move on to the
     // next candidate; EACCES is remembered, so "permission denied" wins over
@@ -227,6 +240,22 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 /// Changes a process-wide signal disposition: meant for the child only.
 pub unsafe fn reset_to_default(sig: c_int) {
     let action = [0u64; 4];
+    libc::syscall(
+        libc::SYS_rt_sigaction,
+        sig as libc::c_long,
+        action.as_ptr(),
+        std::ptr::null_mut::<u64>(),
+        8 as libc::c_long,
+    );
+}
+
+/// SIG_IGN through the raw syscall, for the same reason as
+/// [`reset_to_default`]: an inherited ignored 32 or 33 must stay ignored.
+///
+/// # Safety
+/// Changes a process-wide signal disposition: meant for the child only.
+pub unsafe fn set_ignored(sig: c_int) {
+    let action = [libc::SIG_IGN as u64, 0, 0, 0];
     libc::syscall(
         libc::SYS_rt_sigaction,
         sig as libc::c_long,

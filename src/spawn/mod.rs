@@ -36,7 +36,15 @@ pub enum Stdio {
 
 /// Settings that are the same for every spawn of a run.
 pub struct SpawnContext {
+    /// Signals the child sets back to SIG_DFL before it unblocks signals.
     pub reset_signals: Vec<libc::c_int>,
+    /// Signals the child sets to SIG_IGN (init mode: the ones brood's parent
+    /// left ignored and brood caught for forwarding). Empty in spawn and run.
+    pub ignore_signals: Vec<libc::c_int>,
+    /// The signal mask the child execs with: None for an empty mask (spawn
+    /// and run), or the mask brood inherited (init mode, a transparent
+    /// wrapper).
+    pub child_mask: Option<libc::sigset_t>,
     pub pdeathsig: Option<libc::c_int>,
     pub parent_pid: libc::pid_t,
     pub max_fd: libc::c_int,
@@ -78,6 +86,8 @@ impl SpawnContext {
         });
         Ok(SpawnContext {
             reset_signals,
+            ignore_signals: Vec::new(),
+            child_mask: None,
             pdeathsig,
             parent_pid: std::process::id() as libc::pid_t,
             max_fd,
@@ -273,6 +283,11 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         ],
         err_fd: err_w.as_raw_fd(),
         reset_signals: &ctx.reset_signals,
+        ignore_signals: &ctx.ignore_signals,
+        mask: ctx
+            .child_mask
+            .as_ref()
+            .map_or(std::ptr::null(), |m| m as *const libc::sigset_t),
         pdeathsig: ctx.pdeathsig.unwrap_or(0),
         parent_pid: ctx.parent_pid,
         new_group: ctx.new_group,

@@ -300,6 +300,8 @@ pub struct Brood {
     stdout_paused: bool,
     shell: Option<String>,
     watchdog: Duration,
+    parent_blocked: Vec<i32>,
+    parent_ignored: Vec<i32>,
 }
 
 impl Brood {
@@ -318,6 +320,8 @@ impl Brood {
             stdout_paused: false,
             shell: None,
             watchdog: WATCHDOG,
+            parent_blocked: Vec::new(),
+            parent_ignored: Vec::new(),
         }
     }
 
@@ -404,6 +408,15 @@ impl Brood {
         self
     }
 
+    /// Start brood with these signals blocked and these ignored, as a
+    /// parent such as `nohup` would hand them over (instead of the clean
+    /// state every other run gets).
+    pub fn parent_signal_state(mut self, blocked: &[i32], ignored: &[i32]) -> Self {
+        self.parent_blocked = blocked.to_vec();
+        self.parent_ignored = ignored.to_vec();
+        self
+    }
+
     /// A shorter watchdog, for runs that are expected to be quick.
     pub fn watchdog(mut self, limit: Duration) -> Self {
         self.watchdog = limit;
@@ -479,11 +492,13 @@ impl Brood {
             _ => Stdio::piped(),
         });
         let leak = self.leak_fd;
+        let (blocked, ignored) = (self.parent_blocked.clone(), self.parent_ignored.clone());
         cmd.process_group(0);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 clean_signal_state();
+                set_signal_state(&blocked, &ignored);
                 if let Some(fd) = leak {
                     if libc::dup2(2, fd) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -614,6 +629,35 @@ unsafe fn clean_signal_state() {
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+}
+
+/// Block `blocked` and ignore `ignored` (after [`clean_signal_state`]).
+/// Async-signal-safe.
+unsafe fn set_signal_state(blocked: &[i32], ignored: &[i32]) {
+    let ign: [u64; 4] = [libc::SIG_IGN as u64, 0, 0, 0];
+    for &sig in ignored {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig as libc::c_long,
+            ign.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8 as libc::c_long,
+        );
+    }
+    if !blocked.is_empty() {
+        // The kernel's 64-bit mask, so that 32 and 33 can be blocked too.
+        let mut mask: u64 = 0;
+        for &sig in blocked {
+            mask |= 1 << (sig - 1);
+        }
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK as libc::c_long,
+            &mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8 as libc::c_long,
+        );
+    }
 }
 
 fn spawn_reader(src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
