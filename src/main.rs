@@ -67,6 +67,7 @@ fn print_generated(text: &[u8]) -> Result<i32, Error> {
 }
 
 fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
+    config::check_counter_range(args.start, args.count)?;
     let spec = ProgramSpec::from_command(args.command, args.grace, true)?;
     let name = spec.name.clone();
     let program = Program::new(spec)?;
@@ -147,11 +148,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let mut entries = Vec::new();
     let mut width = 0;
     let mut grace = std::time::Duration::ZERO;
-    // foreman's convention: PORT from the environment, else 5000, is the base.
-    let port_base: u32 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5000);
+    let port_bases = config::port_bases(&config.programs, std::env::var_os("PORT").as_deref())?;
     for (index, p) in config.programs.iter().enumerate() {
         let id = ProgramId(index as u32);
         width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
@@ -161,8 +158,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
             policy: Policy::of(p),
         };
         entries.push((id, entry, u64::from(p.numprocs)));
-        let sets_port = p.spec.env.iter().any(|(k, _)| k == "PORT");
-        let port_base = (!sets_port).then(|| port_base + 100 * index as u32);
+        let port_base = port_bases[index];
         programs.push((
             id,
             Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
