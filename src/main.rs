@@ -166,14 +166,10 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     }
     let console = args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, grace);
-    let socket_path = match &args.socket {
-        Some(p) => p.clone(),
-        None => config::config_dir(&path).join(".brood.sock"),
-    };
-    let bound = control::socket::bind(&socket_path)?;
-    let control = supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id));
+    let control = control::socket::bind_for_run(&path, args.socket.as_deref())?
+        .map(|bound| supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id)));
     let driver = Driver::Run(RunCore::new(entries, Jitter::seeded()));
-    let outcome = Supervisor::new(programs, opts, driver, events, width, Some(control))?.run();
+    let outcome = Supervisor::new(programs, opts, driver, events, width, control)?.run();
     Ok(outcome.code)
 }
 

@@ -327,12 +327,13 @@ pub fn port_bases(
     Ok(bases)
 }
 
-/// `spawn --start K -n COUNT`: the counters K..K+COUNT-1 must fit in a u64.
+/// `spawn --start K -n COUNT`: the counters K..K+COUNT-1, and the next one
+/// the queue holds after them, must fit in a u64.
 pub fn check_counter_range(start: u64, count: Option<u64>) -> Result<(), Error> {
-    let Some(count) = count.filter(|c| *c > 0) else {
+    let Some(count) = count else {
         return Ok(());
     };
-    match start.checked_add(count - 1) {
+    match start.checked_add(count) {
         Some(_) => Ok(()),
         None => Err(Error::usage(format!(
             "--start {start} with -n {count} would count past {} (the largest counter)",
