@@ -165,6 +165,10 @@ pub struct CtlArgs {
     /// The config file whose brood to talk to.
     #[arg(short = 'f', long = "file", value_name = "CONFIG")]
     pub file: Option<PathBuf>,
+    /// Give up (exit 3) when brood does not accept or answer within DUR;
+    /// `logs -f` waits this long for its first answer only.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub verb: CtlVerb,
 }

@@ -1,81 +1,213 @@
 //! `brood ctl`: a client for a running `brood run`, over its socket.
-//! A plain blocking client: one request line, then the answer lines.
+//! A plain blocking client: one request line, then the answer lines, every
+//! wait bounded by `--timeout` (a stopped brood still accepts connections
+//! into its backlog, and would otherwise keep us waiting forever).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::cli::{CtlArgs, CtlVerb};
 use crate::config;
+use crate::control::{self, WireRequest};
 use crate::core::status::{render_table, InstanceStatus};
 use crate::error::Error;
 
-fn socket_path(args: &CtlArgs) -> Result<PathBuf, Error> {
+/// The sockets to try, in order: `--socket PATH` alone, else `.brood.sock`
+/// beside the config and the runtime-directory fallbacks `brood run` uses
+/// when that one cannot be made.
+fn socket_paths(args: &CtlArgs) -> Vec<PathBuf> {
     if let Some(p) = &args.socket {
-        return Ok(p.clone());
+        return vec![p.clone()];
     }
     let config = match &args.file {
         Some(f) => f.clone(),
         None => config::find_config(None).unwrap_or_else(|_| PathBuf::from("brood.toml")),
     };
-    Ok(config::config_dir(&config).join(".brood.sock"))
+    control::socket::default_paths(&config)
 }
 
-fn request(verb: &CtlVerb) -> Result<Value, Error> {
+fn request(verb: &CtlVerb) -> Result<WireRequest, Error> {
     Ok(match verb {
-        CtlVerb::Status { .. } => json!({"verb": "status"}),
-        CtlVerb::Start { target } => json!({"verb": "start", "target": target}),
-        CtlVerb::Stop { target } => json!({"verb": "stop", "target": target}),
-        CtlVerb::Restart { target } => json!({"verb": "restart", "target": target}),
+        CtlVerb::Status { .. } => WireRequest::Status,
+        CtlVerb::Start { target } => WireRequest::Start {
+            target: target.clone(),
+        },
+        CtlVerb::Stop { target } => WireRequest::Stop {
+            target: target.clone(),
+        },
+        CtlVerb::Restart { target } => WireRequest::Restart {
+            target: target.clone(),
+        },
         CtlVerb::Signal { signal, target } => {
             if crate::signals::parse(signal).is_none() {
                 return Err(Error::usage(format!("unknown signal '{signal}'")));
             }
-            json!({"verb": "signal", "signal": signal, "target": target})
+            WireRequest::Signal {
+                signal: signal.clone(),
+                target: target.clone(),
+            }
         }
         CtlVerb::Scale { spec } => {
+            // The server's bounds, checked here too: every bad count is a
+            // usage error (exit 2), whichever side of the range it is on.
             let (name, count) = spec
                 .split_once('=')
-                .and_then(|(n, c)| Some((n, c.parse::<u32>().ok()?)))
-                .ok_or_else(|| Error::usage(format!("scale takes NAME=N, not '{spec}'")))?;
-            json!({"verb": "scale", "name": name, "count": count})
+                .filter(|(n, _)| !n.is_empty())
+                .and_then(|(n, c)| Some((n, c.trim().parse::<i64>().ok()?)))
+                .filter(|(_, c)| control::scale_count(*c).is_ok())
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "scale takes NAME=N with N from 0 to {}, not '{spec}'",
+                        control::MAX_SCALE
+                    ))
+                })?;
+            WireRequest::Scale {
+                name: name.to_string(),
+                count,
+            }
         }
         CtlVerb::Logs {
             lines,
             follow,
             target,
-        } => {
-            json!({"verb": "logs", "target": target, "lines": lines, "follow": follow})
-        }
-        CtlVerb::Shutdown => json!({"verb": "shutdown"}),
+        } => WireRequest::Logs {
+            target: target.clone(),
+            lines: Some(*lines as u64),
+            follow: *follow,
+        },
+        CtlVerb::Shutdown => WireRequest::Shutdown,
     })
 }
 
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// Connect with the wait bounded: Linux bounds a Unix `connect` to a full
+/// backlog by SO_SNDTIMEO (then EAGAIN).
+fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        timeout.subsec_micros().into(),
+    );
+    socket::setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+    let addr = UnixAddr::new(path)?;
+    socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// The first socket that answers; a refusal (EACCES: another user's 0600
+/// socket) or a brood that does not accept in time ends the search.
+fn connect(paths: &[PathBuf], timeout: Duration) -> Result<(UnixStream, PathBuf), Error> {
+    let mut first_error = None;
+    for path in paths {
+        match connect_within(path, timeout) {
+            Ok(stream) => return Ok((stream, path.clone())),
+            Err(e) if matches!(errno_of(&e), libc::EACCES | libc::EPERM) => {
+                let me = unsafe { libc::geteuid() };
+                let owner = match std::fs::symlink_metadata(path) {
+                    Ok(m) => format!("owned by uid {}", m.uid()),
+                    Err(_) => "in a directory you cannot search".to_string(),
+                };
+                return Err(Error::runtime(format!(
+                    "refused: permission denied on the socket {} ({owner}; you are uid {me})",
+                    path.display()
+                )));
+            }
+            Err(e) if timed_out(&e) => {
+                return Err(Error::no_server(format!(
+                    "brood at {} did not accept the connection within {} (is it stopped?)",
+                    path.display(),
+                    shown(timeout)
+                )))
+            }
+            Err(e) => {
+                first_error.get_or_insert((path.clone(), e));
+            }
+        }
+    }
+    Err(match first_error {
+        Some((path, e)) => Error::no_server(format!("no brood answering at {}: {e}", path.display())),
+        None => Error::no_server("no socket to try".to_string()),
+    })
+}
+
+fn shown(d: Duration) -> String {
+    crate::core::status::human_duration(d)
+}
+
+/// Reads one answer line; None at end of stream.
+fn read_answer(reader: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(line)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn run(args: CtlArgs) -> Result<i32, Error> {
+    if args.timeout.is_zero() {
+        return Err(Error::usage("--timeout must be more than 0".to_string()));
+    }
     let req = request(&args.verb)?;
-    let path = socket_path(&args)?;
-    let stream = UnixStream::connect(&path)
-        .map_err(|e| Error::no_server(format!("no brood answering at {}: {e}", path.display())))?;
-    let mut writer = stream
-        .try_clone()
-        .map_err(|e| Error::io("cannot use the socket", e))?;
+    let text =
+        serde_json::to_string(&req).map_err(|e| Error::runtime(format!("cannot encode the request: {e}")))?;
+    let (stream, path) = connect(&socket_paths(&args), args.timeout)?;
+    let _ = stream.set_read_timeout(Some(args.timeout));
+    let _ = stream.set_write_timeout(Some(args.timeout));
     // A brood that refuses us answers and hangs up before reading the
     // request: a failed write is "no brood" only if no answer is waiting.
-    let write_error = writer.write_all(format!("{req}\n").as_bytes()).err();
-    let mut lines = BufReader::new(stream).lines();
-    let first = match (lines.next(), write_error) {
-        (Some(Ok(l)), _) => l,
+    let write_error = (&stream).write_all(format!("{text}\n").as_bytes()).err();
+    let mut reader = BufReader::new(&stream);
+    let first = match (read_answer(&mut reader), write_error) {
+        (Ok(Some(l)), _) => l,
+        (Err(e), _) if timed_out(&e) => {
+            return Err(Error::no_server(format!(
+                "brood at {} did not answer within {} (is it stopped?)",
+                path.display(),
+                shown(args.timeout)
+            )))
+        }
         (_, Some(e)) => {
             return Err(Error::no_server(format!(
                 "no brood answering at {}: {e}",
                 path.display()
             )))
         }
-        _ => {
+        (Ok(None), None) => {
+            // brood read the request and hung up: it is shutting down, or
+            // its answer was more than it queues for one client.
+            return Err(Error::runtime(format!(
+                "brood at {} closed the connection without answering: it is shutting down, or the answer \
+                 was over the {} MiB brood sends to one client (for logs, ask for fewer lines with -n)",
+                path.display(),
+                control::MAX_PENDING / (1024 * 1024)
+            )));
+        }
+        (Err(e), None) => {
             return Err(Error::no_server(format!(
-                "brood at {} closed the connection",
+                "no brood answering at {}: {e}",
                 path.display()
             )))
         }
@@ -87,27 +219,35 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
         eprintln!("brood ctl: {why}");
         return Ok(1);
     }
+    let mut out = Out::default();
     match &args.verb {
-        CtlVerb::Status { json: true } => println!("{}", json!({"programs": reply["programs"]})),
-        CtlVerb::Status { json: false } => print_status(&reply["programs"]),
+        CtlVerb::Status { json: true } => out.line(&json!({"programs": reply["programs"]}).to_string()),
+        CtlVerb::Status { json: false } => print_status(&mut out, &reply["programs"]),
         CtlVerb::Logs { follow, .. } => {
             for l in reply["lines"].as_array().into_iter().flatten() {
-                print_line(l);
+                print_line(&mut out, l);
             }
             if *follow {
-                for line in lines.map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        print_line(&v);
+                // Following waits as long as brood lives.
+                let _ = stream.set_read_timeout(None);
+                while !out.closed {
+                    match read_answer(&mut reader) {
+                        Ok(Some(line)) => {
+                            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                                print_line(&mut out, &v);
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
                     }
                 }
             }
         }
-        CtlVerb::Scale { .. } => println!(
+        CtlVerb::Scale { .. } => out.line(&format!(
             "scaled {} to {}",
             reply["name"].as_str().unwrap_or(""),
             reply["count"]
-        ),
-        CtlVerb::Shutdown => println!("shutting down"),
+        )),
+        CtlVerb::Shutdown => out.line("shutting down"),
         _ => {
             let labels: Vec<&str> = reply["affected"]
                 .as_array()
@@ -116,28 +256,47 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
                 .filter_map(Value::as_str)
                 .collect();
             if labels.is_empty() {
-                println!("nothing to do");
+                out.line("nothing to do");
             } else {
-                println!("{}", labels.join(" "));
+                out.line(&labels.join(" "));
             }
         }
     }
     Ok(0)
 }
 
-fn print_line(v: &Value) {
-    let label = v["label"].as_str().unwrap_or("?");
-    let text = v["line"].as_str().unwrap_or("");
-    if v["stream"] == "stderr" {
-        eprintln!("{label} | {text}");
-    } else {
-        println!("{label} | {text}");
+/// stdout, where a reader that went away (`| head`) ends the output
+/// quietly instead of panicking in `println!`.
+#[derive(Default)]
+struct Out {
+    closed: bool,
+}
+
+impl Out {
+    fn line(&mut self, text: &str) {
+        self.text(&format!("{text}\n"));
+    }
+
+    fn text(&mut self, text: &str) {
+        if !self.closed && io::stdout().lock().write_all(text.as_bytes()).is_err() {
+            self.closed = true;
+        }
     }
 }
 
-fn print_status(programs: &Value) {
+fn print_line(out: &mut Out, v: &Value) {
+    let label = v["label"].as_str().unwrap_or("?");
+    let text = v["line"].as_str().unwrap_or("");
+    if v["stream"] == "stderr" {
+        let _ = writeln!(io::stderr().lock(), "{label} | {text}");
+    } else {
+        out.line(&format!("{label} | {text}"));
+    }
+}
+
+fn print_status(out: &mut Out, programs: &Value) {
     match serde_json::from_value::<Vec<InstanceStatus>>(programs.clone()) {
-        Ok(rows) => print!("{}", render_table(&rows)),
+        Ok(rows) => out.text(&render_table(&rows)),
         Err(e) => eprintln!("brood: error: malformed status reply: {e}"),
     }
 }

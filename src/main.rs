@@ -87,6 +87,7 @@ fn print_generated(text: &[u8]) -> Result<i32, Error> {
 }
 
 fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
+    config::check_counter_range(args.start, args.count)?;
     let spec = ProgramSpec::from_command(args.command, args.grace, true)?;
     let name = spec.name.clone();
     let program = Program::new(spec)?;
@@ -170,11 +171,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let mut entries = Vec::new();
     let mut width = 0;
     let mut grace = std::time::Duration::ZERO;
-    // foreman's convention: PORT from the environment, else 5000, is the base.
-    let port_base: u32 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5000);
+    let port_bases = config::port_bases(&config.programs, std::env::var_os("PORT").as_deref())?;
     for (index, p) in config.programs.iter().enumerate() {
         let id = ProgramId(index as u32);
         width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
@@ -184,8 +181,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
             policy: Policy::of(p),
         };
         entries.push((id, entry, u64::from(p.numprocs)));
-        let sets_port = p.spec.env.iter().any(|(k, _)| k == "PORT");
-        let port_base = (!sets_port).then(|| port_base + 100 * index as u32);
+        let port_base = port_bases[index];
         programs.push((
             id,
             Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
@@ -193,14 +189,10 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     }
     let console = args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, grace);
-    let socket_path = match &args.socket {
-        Some(p) => p.clone(),
-        None => config::config_dir(&path).join(".brood.sock"),
-    };
-    let bound = control::socket::bind(&socket_path)?;
-    let control = supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id));
+    let control = control::socket::bind_for_run(&path, args.socket.as_deref())?
+        .map(|bound| supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id)));
     let driver = Driver::Run(RunCore::new(entries, Jitter::seeded()));
-    let outcome = Supervisor::new(programs, opts, driver, events, width, Some(control))?.run();
+    let outcome = Supervisor::new(programs, opts, driver, events, width, control)?.run();
     Ok(outcome.code)
 }
 

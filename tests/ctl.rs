@@ -916,3 +916,324 @@ fn idle_clients_do_not_stall_brood() {
     drop(half);
     server.stop();
 }
+
+// ---------------------------------------------------------------------------
+// Issue 10: a client that cannot hang, refusals named, bounds checked on the
+// client, duplicate keys, large answers, and a socket that falls back
+
+/// SIGCONTs a stopped brood on drop, so that a failing test leaves nothing
+/// stopped behind.
+struct ContOnDrop(i32);
+
+impl Drop for ContOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn ctl_gives_up_on_a_stopped_brood_with_exit_3() {
+    let server = Server::start("stopped", WEB);
+    let _cont = ContOnDrop(server.brood.pid());
+    server.brood.signal(Signal::SIGSTOP);
+    wait_for(DEADLINE, "brood stopped", || {
+        proc_state(server.brood.pid()) == Some('T')
+    });
+    let t = Instant::now();
+    let out = server.ctl(&["--timeout", "500ms", "status"]);
+    out.assert_code(3).assert_no_panic();
+    out.assert_stderr_contains("did not answer within 0.5s");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    // The default timeout is bounded too.
+    let t = Instant::now();
+    let out = server.ctl(&["logs", "-f", "web"]);
+    out.assert_code(3).assert_no_panic();
+    assert!(t.elapsed() < Duration::from_secs(12), "took {:?}", t.elapsed());
+    server.brood.signal(Signal::SIGCONT);
+    server.ctl(&["status"]).assert_code(0);
+    server.stop();
+}
+
+#[test]
+fn ctl_gives_up_when_the_backlog_is_full() {
+    let dir = TempDir::new("backlog");
+    let sock = dir.join("full.sock");
+    // A listener that never accepts, with a backlog of one connection,
+    // taken by `_queued`: the next connect waits in the kernel.
+    let listener = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(listener >= 0);
+    let _owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(listener) };
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(sock.to_str().unwrap().bytes()) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    assert_eq!(
+        unsafe { libc::bind(listener, &addr as *const _ as *const libc::sockaddr, len) },
+        0
+    );
+    assert_eq!(unsafe { libc::listen(listener, 0) }, 0);
+    let mut queued = Vec::new();
+    // Fill the backlog (its exact depth is the kernel's business).
+    loop {
+        let s = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        assert!(s >= 0);
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
+        let r = unsafe { libc::connect(s, &addr as *const _ as *const libc::sockaddr, len) };
+        if r != 0 {
+            break;
+        }
+        queued.push(owned);
+        assert!(queued.len() < 1000, "the backlog never filled");
+    }
+    let t = Instant::now();
+    let out = ctl_at(&sock, &["--timeout", "300ms", "status"]);
+    out.assert_code(3).assert_no_panic();
+    out.assert_stderr_contains("did not accept the connection within 0.3s");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn ctl_as_another_uid_on_the_0600_socket_is_refused_with_exit_1() {
+    if !can_switch_to_nobody("ctl_as_another_uid_on_the_0600_socket_is_refused_with_exit_1") {
+        return;
+    }
+    let server = Server::start("eacces", WEB);
+    // The directory may be searched; the socket itself stays 0600.
+    let dir = server.sock.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = server.sock.to_str().unwrap().to_owned();
+    let out = as_nobody(&format!("\"$BROOD\" ctl --socket '{sock}' status"));
+    out.assert_code(1).assert_no_panic();
+    out.assert_stderr_contains("refused: permission denied");
+    out.assert_stderr_contains("owned by uid 0");
+    assert!(out.stdout_str().is_empty(), "{}", out.context());
+    server.stop();
+}
+
+#[test]
+fn scale_out_of_range_is_a_usage_error_whichever_side() {
+    let dir = TempDir::new("scale-bounds");
+    let sock = dir.join("none.sock");
+    for spec in ["web=10001", "web=-1", "web=99999999999", "web=x", "=3"] {
+        let out = ctl_at(&sock, &["scale", spec]);
+        out.assert_code(2).assert_no_panic();
+        out.assert_stderr_contains("from 0 to 10000");
+    }
+}
+
+#[test]
+fn request_with_a_duplicate_key_is_refused_not_the_last_one_taken() {
+    let mut server = Server::start("dupkeys", WEB);
+    let mut conn = Conn::open(&server.sock);
+    conn.send_raw(b"{\"verb\":\"status\",\"verb\":\"shutdown\"}\n");
+    let reply = conn.reply();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("duplicate field `verb`"),
+        "{reply}"
+    );
+    conn.send_raw(b"{\"verb\":\"stop\",\"target\":\"nope\",\"target\":\"web\"}\n");
+    let reply = conn.reply();
+    assert_eq!(reply["ok"], false, "{reply}");
+    // Still up, web still running: neither request was acted on.
+    server.wait_entry("web.1", "running", |e| e["state"] == "running");
+    assert!(server.brood.is_running());
+    server.stop();
+}
+
+#[test]
+fn logs_answer_over_1_mib_is_named_not_no_brood() {
+    // 300 lines of 1000 control bytes: 300 KB in the ring, ~1.8 MB as JSON.
+    let config = r#"
+[program.noisy]
+command = ["python3", "-c", "import sys, time\nfor _ in range(300): print('\x01' * 1000)\nprint('done', flush=True)\ntime.sleep(1000)"]
+stop_timeout = "1s"
+"#;
+    let server = Server::start("biglogs", config);
+    let ok = try_wait_for(DEADLINE, || {
+        try_request(
+            &server.sock,
+            &json!({"verb": "logs", "target": "noisy", "lines": 1}),
+        )
+        .is_ok_and(|r| r["lines"][0]["line"] == "done")
+    });
+    assert!(ok, "the program's output never reached the ring");
+    let out = server.ctl(&["logs", "-n", "1000", "noisy"]);
+    out.assert_no_panic();
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "a brood that answered is not 'no brood'{}",
+        out.context()
+    );
+    out.assert_stderr_contains("1 MiB");
+    out.assert_stderr_contains("-n");
+    server.ctl(&["logs", "-n", "3", "noisy"]).assert_code(0);
+    server.stop();
+}
+
+#[test]
+fn ctl_reads_an_answer_line_over_1_mib_whole() {
+    let dir = TempDir::new("bigline");
+    let sock = dir.join("fake.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let lines: Vec<Value> = (0..3000)
+        .map(|i| json!({"label": "a.1", "stream": "stdout", "line": format!("{i:04}{}", "x".repeat(1000))}))
+        .collect();
+    let answer = format!("{}\n", json!({"ok": true, "lines": lines}));
+    assert!(answer.len() > 2 << 20);
+    let server = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request = String::new();
+        reader.read_line(&mut request).unwrap();
+        (&stream).write_all(answer.as_bytes()).unwrap();
+        request
+    });
+    let out = ctl_at(&sock, &["logs", "-n", "3000", "a"]);
+    out.assert_code(0).assert_no_panic();
+    let request: Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+    assert_eq!(
+        request,
+        json!({"verb": "logs", "target": "a", "lines": 3000, "follow": false})
+    );
+    let got = out.stdout_lines();
+    assert_eq!(got.len(), 3000, "every line of the answer");
+    assert!(got[2999].starts_with("a.1 | 2999x"), "{}", got[2999]);
+}
+
+/// `brood ctl ARGS...` with `XDG_RUNTIME_DIR=xdg`.
+fn ctl_with_runtime_dir(xdg: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Brood::new("ctl")
+        .raw_args(std::iter::once(std::ffi::OsStr::new("ctl")).chain(args.iter().copied()))
+        .env("XDG_RUNTIME_DIR", xdg)
+        .watchdog(CTL_WATCHDOG)
+        .run()
+}
+
+/// The `brood-*.sock` sockets in `dir`.
+fn fallback_sockets(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("brood-") && n.ends_with(".sock"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn socket_path_too_long_falls_back_to_the_runtime_dir_and_ctl_f_finds_it() {
+    let brood = Brood::new("longpath");
+    let xdg = TempDir::new("longpath-xdg");
+    std::fs::set_permissions(xdg.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let deep = brood.dir().join("d".repeat(120));
+    std::fs::create_dir(&deep).unwrap();
+    let config = deep.join("brood.toml");
+    std::fs::write(&config, WEB).unwrap();
+    let events = brood.events_path();
+    let brood = brood
+        .raw_args([
+            std::ffi::OsStr::new("run"),
+            "--events".as_ref(),
+            events.as_os_str(),
+            "-f".as_ref(),
+            config.as_os_str(),
+        ])
+        .env("XDG_RUNTIME_DIR", xdg.path())
+        .start();
+    brood.wait_spawned(1);
+    wait_for(DEADLINE, "a socket in the runtime dir", || {
+        !fallback_sockets(xdg.path()).is_empty()
+    });
+    brood.wait_stderr("the fallback named once", |s| {
+        s.contains("warning: control socket at")
+    });
+    let out = ctl_with_runtime_dir(
+        xdg.path(),
+        &[
+            "-f".as_ref(),
+            config.as_os_str(),
+            "status".as_ref(),
+            "--json".as_ref(),
+        ],
+    );
+    out.assert_code(0).assert_no_panic();
+    assert!(out.stdout_str().contains("\"web.1\""), "{}", out.context());
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert_eq!(
+        out.stderr_str().matches("warning: control socket").count(),
+        1,
+        "{}",
+        out.context()
+    );
+    assert!(
+        fallback_sockets(xdg.path()).is_empty(),
+        "the socket is removed at exit"
+    );
+}
+
+#[test]
+fn read_only_config_dir_falls_back_to_the_runtime_dir() {
+    if !can_switch_to_nobody("read_only_config_dir_falls_back_to_the_runtime_dir") {
+        return;
+    }
+    // A directory of root's that uid 65534 can read but not write.
+    let b = Brood::new("rodir");
+    std::fs::set_permissions(b.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(b.dir().join("brood.toml"), WEB).unwrap();
+    let xdg = TempDir::new("rodir-xdg");
+    std::fs::set_permissions(xdg.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(xdg.path(), Some(65534.into()), Some(65534.into())).unwrap();
+    let as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    let x = xdg.path().to_str().unwrap();
+    let brood = b
+        .shell(&format!(
+            "exec {as_nobody} env XDG_RUNTIME_DIR='{x}' \"$BROOD\" run -f brood.toml"
+        ))
+        .start();
+    wait_for(DEADLINE, "a socket in the runtime dir", || {
+        !fallback_sockets(xdg.path()).is_empty()
+    });
+    let out = Brood::new("ctl-rodir")
+        .shell(&format!(
+            "exec {as_nobody} env XDG_RUNTIME_DIR='{x}' \"$BROOD\" ctl -f '{}' status --json",
+            brood.dir().join("brood.toml").display()
+        ))
+        .watchdog(CTL_WATCHDOG)
+        .run();
+    out.assert_code(0).assert_no_panic();
+    assert!(out.stdout_str().contains("\"web.1\""), "{}", out.context());
+    assert!(!brood.dir().join(".brood.sock").exists());
+    brood.signal(Signal::SIGTERM);
+    brood.finish().assert_code(0).assert_no_panic();
+}
+
+#[test]
+fn no_place_for_a_socket_warns_and_supervises_anyway() {
+    let brood = Brood::new("nosock");
+    let (brood, _) = run_brood(brood, WEB, Some(Path::new("/dev/null/brood.sock")));
+    let brood = brood.start();
+    brood.wait_stdout("web is up", |s| s.contains("web.1 | ready"));
+    brood.wait_stderr("the warning", |s| s.contains("running without a control socket"));
+    brood.signal(Signal::SIGTERM);
+    brood.finish().assert_code(0).assert_no_panic();
+}

@@ -1250,3 +1250,255 @@ fn control_socket_is_mode_0600_even_with_umask_0() {
     out.assert_code(0).assert_no_panic();
     assert_eq!(mode, 0o600, "socket mode {mode:o}{}", out.context());
 }
+
+// ---------------------------------------------------------------------------
+// Issue 10: input that is not what it claims to be
+
+/// `brood ARGS...` in a fresh dir holding `files`, expected to stop with a
+/// usage error (exit 2) naming `message`, quickly, with nothing started.
+#[track_caller]
+fn assert_refused(name: &str, files: &[(&str, &[u8])], args: &[&str], message: &str) -> Output {
+    let b = Brood::new(name);
+    for (file, text) in files {
+        std::fs::write(b.dir().join(file), text).unwrap();
+    }
+    let out = b.raw_args(args).watchdog(Duration::from_secs(20)).run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains(message);
+    assert!(out.stdout.is_empty(), "nothing may start{}", out.context());
+    assert!(
+        !out.stderr_str().contains("spawned"),
+        "nothing may start{}",
+        out.context()
+    );
+    out
+}
+
+#[test]
+fn config_or_env_from_a_device_fifo_or_directory_is_refused() {
+    assert_refused(
+        "cfg-zero",
+        &[],
+        &["run", "-f", "/dev/zero"],
+        "'/dev/zero': a character device, not a regular file",
+    );
+    assert_refused(
+        "env-zero",
+        &[("Procfile", b"a: sleep 1000\n")],
+        &["run", "-e", "/dev/zero"],
+        "env file '/dev/zero': a character device",
+    );
+    assert_refused(
+        "cfg-dir",
+        &[],
+        &["run", "-f", "/"],
+        "a directory, not a regular file",
+    );
+    // A FIFO nobody writes to would block start-up in open() for ever.
+    let b = Brood::new("cfg-fifo");
+    let fifo = b.dir().join("Procfile");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = b.raw_args(["run"]).watchdog(Duration::from_secs(20)).run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("a FIFO, not a regular file");
+}
+
+#[test]
+fn config_file_over_16_mib_is_refused() {
+    let b = Brood::new("cfg-huge");
+    let big = std::fs::File::create(b.dir().join("Procfile")).unwrap();
+    big.set_len(17 << 20).unwrap();
+    drop(big);
+    let out = b.raw_args(["run"]).watchdog(Duration::from_secs(20)).run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("larger than 16 MiB");
+}
+
+#[test]
+fn dangling_procfile_symlink_is_named_not_missing() {
+    let b = Brood::new("cfg-dangling");
+    std::os::unix::fs::symlink("gone/Procfile", b.dir().join("Procfile")).unwrap();
+    let out = b.raw_args(["run"]).watchdog(Duration::from_secs(20)).run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("'Procfile': it is a dangling symlink (to 'gone/Procfile')");
+}
+
+#[test]
+fn procfile_and_env_with_a_utf8_bom_load() {
+    let b = Brood::new("cfg-bom");
+    std::fs::write(
+        b.dir().join("Procfile"),
+        "\u{feff}web: echo \"bom $GREETING\"; sleep 1000\n",
+    )
+    .unwrap();
+    std::fs::write(b.dir().join(".env"), "\u{feff}GREETING=ok\n").unwrap();
+    std::fs::write(
+        b.dir().join("b.toml"),
+        "\u{feff}[program.t]\ncommand = [\"echo\", \"toml ok\"]\nrestart = \"never\"\n",
+    )
+    .unwrap();
+    let brood = b.raw_args(["run"]).start();
+    brood.wait_stdout("web's line", |s| s.contains("web.1 | bom ok"));
+    brood.signal(Signal::SIGTERM);
+    brood.finish().assert_code(0).assert_no_panic();
+    let b = Brood::new("cfg-bom-toml");
+    std::fs::write(
+        b.dir().join("b.toml"),
+        "\u{feff}[program.t]\ncommand = [\"echo\", \"toml ok\"]\nrestart = \"never\"\n",
+    )
+    .unwrap();
+    let out = b
+        .raw_args(["run", "-f", "b.toml"])
+        .watchdog(Duration::from_secs(20))
+        .run();
+    out.assert_code(0).assert_no_panic();
+    assert!(out.stdout_str().contains("t.1 | toml ok"), "{}", out.context());
+}
+
+#[test]
+fn nul_in_command_env_or_cwd_is_located_and_names_the_program() {
+    let cases: [(&str, &[u8], &str); 6] = [
+        (
+            "nul-cmd",
+            b"[program.a]\ncommand = [\"echo\", \"x\\u0000y\"]\n",
+            "brood.toml:2:11: program 'a': command contains a NUL byte",
+        ),
+        (
+            "nul-shell",
+            b"[program.a]\nshell = \"echo \\u0000\"\n",
+            "brood.toml:2:9: program 'a': shell contains a NUL byte",
+        ),
+        (
+            "nul-env",
+            b"[program.a]\ncommand = [\"true\"]\nenv = { A = \"x\\u0000\" }\n",
+            "brood.toml:3:13: program 'a': env A contains a NUL byte",
+        ),
+        (
+            "nul-cwd",
+            b"[program.a]\ncommand = [\"true\"]\ncwd = \"d\\u0000\"\n",
+            "brood.toml:3:7: program 'a': cwd contains a NUL byte",
+        ),
+        (
+            "nul-key",
+            b"[program.a]\ncommand = [\"true\"]\nenv = { \"A\\u0000\" = \"x\" }\n",
+            "brood.toml:3:21: program 'a': env key 'A\\0' contains a NUL byte",
+        ),
+        (
+            "nul-procfile",
+            b"web: echo a\0b\n",
+            "Procfile:1:12: program 'web': command contains a NUL byte",
+        ),
+    ];
+    for (name, text, message) in cases {
+        let file = if name == "nul-procfile" {
+            "Procfile"
+        } else {
+            "brood.toml"
+        };
+        assert_refused(name, &[(file, text)], &["run", "-f", file], message);
+    }
+}
+
+#[test]
+fn env_keys_with_equals_or_empty_are_refused() {
+    assert_refused(
+        "key-eq",
+        &[(
+            "brood.toml",
+            b"[program.a]\ncommand = [\"true\"]\nenv = { \"A=B\" = \"x\" }\n",
+        )],
+        &["run", "-f", "brood.toml"],
+        "brood.toml:3:17: program 'a': env key 'A=B' contains '='",
+    );
+    assert_refused(
+        "key-empty",
+        &[(
+            "brood.toml",
+            b"[program.a]\ncommand = [\"true\"]\nenv = { \"\" = \"x\" }\n",
+        )],
+        &["run", "-f", "brood.toml"],
+        "brood.toml:3:14: program 'a': env key '' is empty",
+    );
+}
+
+#[test]
+fn duplicate_name_among_200000_programs_is_reported_quickly() {
+    let mut text = String::with_capacity(200_000 * 16);
+    for i in 0..200_000 {
+        text.push_str(&format!("p{i}: true\n"));
+    }
+    text.push_str("p7: true\n");
+    let t = Instant::now();
+    assert_refused(
+        "dup-200k",
+        &[("Procfile", text.as_bytes())],
+        &["run"],
+        "Procfile:200001:1: duplicate program name 'p7'",
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn huge_durations_are_refused_in_one_readable_line() {
+    for (name, value) in [("dur-float", "1e308"), ("dur-text", "\"999999999999h\"")] {
+        let text = format!("[program.a]\ncommand = [\"true\"]\nstop_timeout = {value}\n");
+        let out = assert_refused(
+            name,
+            &[("brood.toml", text.as_bytes())],
+            &["run", "-f", "brood.toml"],
+            "brood.toml:3:16: stop_timeout: invalid duration",
+        );
+        out.assert_stderr_contains("too large (at most a year");
+        assert!(out.stderr_str().len() < 200, "{}", out.context());
+    }
+    let out = Brood::new("dur-grace")
+        .opts(["--grace", "1e308"])
+        .prog("true")
+        .run();
+    out.assert_code(2).assert_no_panic();
+    assert!(out.stderr_str().len() < 400, "{}", out.context());
+}
+
+#[test]
+fn computed_port_above_65535_is_refused() {
+    let b = Brood::new("port-high");
+    std::fs::write(b.dir().join("Procfile"), "web: sleep 1000\nworker: sleep 1000\n").unwrap();
+    let out = b
+        .raw_args(["run"])
+        .env("PORT", "65500")
+        .watchdog(Duration::from_secs(20))
+        .run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("PORT for worker.1 would be 65600, above 65535");
+    let b = Brood::new("port-junk");
+    std::fs::write(b.dir().join("Procfile"), "web: sleep 1000\n").unwrap();
+    let out = b
+        .raw_args(["run"])
+        .env("PORT", "99999")
+        .watchdog(Duration::from_secs(20))
+        .run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("PORT=99999 in the environment is not a port number");
+}
+
+#[test]
+fn start_near_u64_max_that_would_wrap_is_a_usage_error() {
+    let out = Brood::new("start-wrap")
+        .opts(["--start", "18446744073709551615", "-n", "2"])
+        .prog("true")
+        .run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("would count past");
+    assert!(out.events_of("spawn").is_empty(), "{}", out.context());
+    let out = Brood::new("start-top")
+        .opts(["--start", "18446744073709551613", "-n", "2"])
+        .prog("echo")
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let counters: Vec<u64> = out
+        .events_of("spawn")
+        .iter()
+        .filter_map(|e| e["n"].as_u64())
+        .collect();
+    assert_eq!(counters, [u64::MAX - 2, u64::MAX - 1], "{}", out.context());
+}

@@ -8,15 +8,14 @@ use std::path::Path;
 use crate::error::Error;
 
 pub fn load_env_file(path: &Path) -> Result<Vec<(OsString, OsString)>, Error> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::usage(format!("cannot read env file '{}': {e}", path.display())))?;
+    let text = super::read_input_file(path, "env file")?;
     let text = String::from_utf8_lossy(&text);
     parse(&text).map_err(|(line, msg)| Error::usage(format!("{}:{line}: {msg}", path.display())))
 }
 
 pub(super) fn parse(text: &str) -> Result<Vec<(OsString, OsString)>, (usize, String)> {
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in super::strip_bom(text).lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;

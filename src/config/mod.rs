@@ -14,6 +14,11 @@ use crate::error::Error;
 
 pub use dotenv::load_env_file;
 
+/// The longest duration brood accepts anywhere (a timeout, a backoff, a
+/// window): a year. Longer is a typo, and deadlines far in the future only
+/// invite overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parse `100ms`, `5s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -23,7 +28,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
-        .map_err(|_| format!("invalid duration '{text}' (use e.g. 500ms, 5s, 2m)"))?;
+        .map_err(|_| format!("invalid duration '{}' (use e.g. 500ms, 5s, 2m)", shown_text(text)))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -31,15 +36,44 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         _ => {
             return Err(format!(
-                "invalid duration '{text}': unknown unit '{unit}' (use ms, s, m or h)"
+                "invalid duration '{}': unknown unit '{}' (use ms, s, m or h)",
+                shown_text(text),
+                shown_text(unit)
             ))
         }
     };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("invalid duration '{text}': too large"));
+    duration_from_secs(value * scale).map_err(|why| format!("invalid duration '{}': {why}", shown_text(text)))
+}
+
+/// A number of seconds as a duration: finite, not negative, at most
+/// [`MAX_DURATION`].
+pub fn duration_from_secs(secs: f64) -> Result<Duration, String> {
+    if secs.is_nan() || secs < 0.0 {
+        return Err("must be 0 or more".to_string());
+    }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err("too large (at most a year, 8760h)".to_string());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A number as a person would write it in a message: `1e308`, never 309
+/// digits.
+pub fn shown_number(n: f64) -> String {
+    if n.is_finite() && n.abs() < 1e15 {
+        format!("{n}")
+    } else {
+        format!("{n:e}")
+    }
+}
+
+/// Text from a config or the command line, cut short for a one-line message.
+fn shown_text(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// How brood shows children's output.
@@ -137,14 +171,15 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 10;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which file `brood run` reads: `-f FILE`, else `brood.toml`, else
-/// `Procfile`, in the current directory.
+/// `Procfile`, in the current directory. A name that is there as a dangling
+/// symlink is chosen too, so that reading it says what is wrong.
 pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
     for name in ["brood.toml", "Procfile"] {
         let p = PathBuf::from(name);
-        if p.exists() {
+        if std::fs::symlink_metadata(&p).is_ok() {
             return Ok(p);
         }
     }
@@ -153,12 +188,75 @@ pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     ))
 }
 
+/// Most bytes brood reads from a config or env file.
+pub const MAX_INPUT_FILE: u64 = 16 * 1024 * 1024;
+
+/// Read a config or env file: a regular file (after following symlinks) of
+/// at most [`MAX_INPUT_FILE`] bytes. `/dev/zero` would be read until memory
+/// runs out, and a FIFO would block start-up forever.
+pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let fail = |why: String| Error::usage(format!("cannot read {what} '{}': {why}", path.display()));
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(path).is_ok() => {
+            let target = std::fs::read_link(path)
+                .map(|t| format!(" (to '{}')", t.display()))
+                .unwrap_or_default();
+            return Err(fail(format!("it is a dangling symlink{target}")));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let not_regular = |t: std::fs::FileType| {
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        fail(format!("{kind}, not a regular file"))
+    };
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    // O_NONBLOCK: a FIFO swapped in after the check must not make open()
+    // wait for a writer; on a regular file the flag changes nothing.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let too_large = || fail(format!("larger than {} MiB", MAX_INPUT_FILE / (1024 * 1024)));
+    if meta.len() > MAX_INPUT_FILE {
+        return Err(too_large());
+    }
+    let mut text = Vec::new();
+    file.take(MAX_INPUT_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > MAX_INPUT_FILE {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
 /// Load and validate a config: TOML when the name ends in `.toml`, a
 /// Procfile otherwise. `extra_env` files are laid over the program
 /// environments (after a Procfile's own `.env`).
 pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, Error> {
-    let text =
-        std::fs::read(path).map_err(|e| Error::usage(format!("cannot read '{}': {e}", path.display())))?;
+    let text = read_input_file(path, "config")?;
     let text =
         String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
     let dir = config_dir(path);
@@ -167,7 +265,8 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     if !is_toml {
         let dotenv = dir.join(".env");
-        if dotenv.exists() {
+        // symlink_metadata: a dangling .env is reported, not skipped.
+        if std::fs::symlink_metadata(&dotenv).is_ok() {
             env.extend(load_env_file(&dotenv)?);
         }
     }
@@ -183,6 +282,66 @@ pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, 
     Ok(RunConfig { programs })
 }
 
+/// The highest port an instance may be given.
+const MAX_PORT: u64 = 65_535;
+
+/// foreman's `PORT` for each program (None where the config sets PORT
+/// itself): `base` (brood's own `$PORT`, else 5000) + 100 per program in file
+/// order; instance n gets that + n - 1. A port past 65535 is an error, not a
+/// number the program cannot bind.
+pub fn port_bases(
+    programs: &[RunProgram],
+    env_port: Option<&std::ffi::OsStr>,
+) -> Result<Vec<Option<u32>>, Error> {
+    let base: u64 = match env_port {
+        None => 5000,
+        Some(p) => p
+            .to_str()
+            .and_then(|p| p.trim().parse::<u64>().ok())
+            .filter(|p| *p <= MAX_PORT)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "PORT={} in the environment is not a port number (0 to 65535)",
+                    shown_text(&p.to_string_lossy())
+                ))
+            })?,
+    };
+    let mut bases = Vec::with_capacity(programs.len());
+    for (index, p) in programs.iter().enumerate() {
+        if p.spec.env.iter().any(|(k, _)| k == "PORT") {
+            bases.push(None);
+            continue;
+        }
+        let first = base + 100 * index as u64;
+        let last = first + u64::from(p.numprocs.max(1)) - 1;
+        if last > MAX_PORT {
+            return Err(Error::usage(format!(
+                "PORT for {}.{} would be {last}, above 65535 (base {base} + 100 per program + instance - 1): \
+                 set PORT in the config or a lower PORT in the environment",
+                p.spec.name,
+                p.numprocs.max(1)
+            )));
+        }
+        bases.push(u32::try_from(first).ok());
+    }
+    Ok(bases)
+}
+
+/// `spawn --start K -n COUNT`: the counters K..K+COUNT-1, and the next one
+/// the queue holds after them, must fit in a u64.
+pub fn check_counter_range(start: u64, count: Option<u64>) -> Result<(), Error> {
+    let Some(count) = count else {
+        return Ok(());
+    };
+    match start.checked_add(count) {
+        Some(_) => Ok(()),
+        None => Err(Error::usage(format!(
+            "--start {start} with -n {count} would count past {} (the largest counter)",
+            u64::MAX
+        ))),
+    }
+}
+
 /// The directory a config file is in (`.` for a bare file name).
 pub fn config_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -195,11 +354,19 @@ pub fn config_dir(path: &Path) -> PathBuf {
 /// entry point of the fuzz targets.
 pub fn parse_config_text(text: &str, path: &Path, is_toml: bool) -> Result<Vec<RunProgram>, Error> {
     let dir = config_dir(path);
+    // Editors on Windows start UTF-8 files with a BOM; it is not part of
+    // the first name.
+    let text = strip_bom(text);
     if is_toml {
         toml_file::parse(text, path, &dir)
     } else {
         procfile::parse(text, path, &dir)
     }
+}
+
+/// The text without a leading UTF-8 byte order mark.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// Parse `.env` text (the fuzz targets' way in).

@@ -5,6 +5,7 @@
 //! first part would ever run. The shell leads the process group either way,
 //! so a stop signal reaches every part.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::{located, valid_name, ProgramSpec, RestartPolicy, RunProgram};
@@ -12,6 +13,7 @@ use crate::error::Error;
 
 pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Error> {
     let mut programs: Vec<RunProgram> = Vec::new();
+    let mut names: HashSet<&str> = HashSet::new();
     let mut offset = 0;
     for raw in text.split_inclusive('\n') {
         let line_start = offset;
@@ -49,7 +51,16 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 &format!("program '{name}' has no command"),
             ));
         }
-        if programs.iter().any(|p| p.spec.name == name) {
+        // The name is valid, so a NUL on this line is in the command.
+        if let Some(nul) = line.find('\0') {
+            return Err(located(
+                path,
+                text,
+                line_start + nul,
+                &format!("program '{name}': command contains a NUL byte"),
+            ));
+        }
+        if !names.insert(name) {
             return Err(located(
                 path,
                 text,

@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{located, parse_duration, valid_name, ProgramSpec, RestartPolicy, RunProgram};
+use super::{
+    duration_from_secs, located, parse_duration, shown_number, valid_name, ProgramSpec, RestartPolicy,
+    RunProgram,
+};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -97,6 +100,12 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             }
             (Some(c), None) => {
                 let span = c.span().start;
+                if c.get_ref().iter().any(|a| a.contains('\0')) {
+                    return Err(err(
+                        span,
+                        &format!("program '{name}': command contains a NUL byte"),
+                    ));
+                }
                 let mut argv = c.into_inner().into_iter();
                 let Some(first) = argv.next().filter(|s| !s.is_empty()) else {
                     return Err(err(span, &format!("program '{name}': command is empty")));
@@ -106,6 +115,12 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             (None, Some(s)) => {
                 if s.get_ref().trim().is_empty() {
                     return Err(err(s.span().start, &format!("program '{name}': shell is empty")));
+                }
+                if s.get_ref().contains('\0') {
+                    return Err(err(
+                        s.span().start,
+                        &format!("program '{name}': shell contains a NUL byte"),
+                    ));
                 }
                 ("/bin/sh".into(), vec!["-c".into(), s.into_inner().into()])
             }
@@ -135,10 +150,8 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 let at = v.span().start;
                 let parsed = match v.into_inner() {
                     DurationValue::Text(t) => parse_duration(&t),
-                    DurationValue::Seconds(s) if s >= 0.0 && s.is_finite() && s < 1e9 => {
-                        Ok(Duration::from_secs_f64(s))
-                    }
-                    DurationValue::Seconds(s) => Err(format!("invalid duration {s}")),
+                    DurationValue::Seconds(s) => duration_from_secs(s)
+                        .map_err(|why| format!("invalid duration {}: {why}", shown_number(s))),
                 };
                 parsed.map_err(|m| err(at, &format!("{what}: {m}")))
             }
@@ -180,6 +193,12 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         let cwd_explicit = prog.cwd.is_some();
         let cwd = match prog.cwd {
             None => dir.to_path_buf(),
+            Some(c) if c.get_ref().contains('\0') => {
+                return Err(err(
+                    c.span().start,
+                    &format!("program '{name}': cwd contains a NUL byte"),
+                ))
+            }
             Some(c) => {
                 let p = PathBuf::from(c.get_ref());
                 if p.is_absolute() {
@@ -191,12 +210,33 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         };
         let mut env = Vec::new();
         for (k, v) in prog.env {
+            // The child's environment is `KEY=VALUE` C strings: a key with
+            // `=` would be read back as another key, a NUL would cut it.
+            let bad_key = if k.is_empty() {
+                Some("is empty")
+            } else if k.contains('=') {
+                Some("contains '='")
+            } else if k.contains('\0') {
+                Some("contains a NUL byte")
+            } else {
+                None
+            };
+            if let Some(why) = bad_key {
+                return Err(err(
+                    v.span().start,
+                    &format!("program '{name}': env key '{}' {why}", k.escape_debug()),
+                ));
+            }
+            let at = v.span().start;
             let value = match v.into_inner() {
                 EnvValue::Text(s) => s,
                 EnvValue::Integer(i) => i.to_string(),
                 EnvValue::Float(f) => f.to_string(),
                 EnvValue::Bool(b) => b.to_string(),
             };
+            if value.contains('\0') {
+                return Err(err(at, &format!("program '{name}': env {k} contains a NUL byte")));
+            }
             env.push((k.into(), value.into()));
         }
         programs.push((

@@ -10,7 +10,7 @@
 pub mod ring;
 pub mod socket;
 
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -18,7 +18,55 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_PENDING: usize = 1024 * 1024;
 /// Most clients connected at once.
 pub const MAX_CLIENTS: usize = 64;
+/// Most instances `scale` may ask for (the config's `numprocs` bound).
+pub const MAX_SCALE: u32 = 10_000;
+/// `logs` without `lines`, and the most it may ask for.
+pub const DEFAULT_LOG_LINES: u64 = 100;
+pub const MAX_LOG_LINES: u64 = 100_000;
 
+/// A request as it travels: `{"verb": "...", ...}` (README, "The
+/// protocol"). `brood ctl` serializes it, the server deserializes it and
+/// validates it into a [`Request`]. A key given twice is an error, never
+/// "the last one wins": `{"verb":"status","verb":"shutdown"}` must not shut
+/// brood down. Keys a verb does not know are ignored, so that newer clients
+/// can add optional ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "lowercase")]
+pub enum WireRequest {
+    Status,
+    Start {
+        target: String,
+    },
+    Stop {
+        target: String,
+    },
+    Restart {
+        target: String,
+    },
+    Signal {
+        signal: String,
+        target: String,
+    },
+    Scale {
+        name: String,
+        count: i64,
+    },
+    Logs {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<u64>,
+        #[serde(default)]
+        follow: bool,
+    },
+    Shutdown,
+}
+
+/// The verbs [`WireRequest`] knows, for the "unknown verb" message.
+const VERBS: [&str; 8] = [
+    "status", "start", "stop", "restart", "signal", "scale", "logs", "shutdown",
+];
+
+/// A validated request: what the run loop acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
@@ -41,49 +89,63 @@ pub enum Request {
     Shutdown,
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, String> {
-    v.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("missing string field '{name}'"))
+/// Only the verb, to name an unknown one in its own words.
+#[derive(Deserialize)]
+struct Head {
+    verb: String,
 }
 
-/// Parse one request line: `{"verb": "...", ...}`.
+/// serde_json's message without its "at line 1 column N" (a request is one
+/// line).
+fn malformed(e: serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    format!("malformed request: {text}")
+}
+
+/// The count `scale` asks for, checked against the bound both the client
+/// and the server apply.
+pub fn scale_count(count: i64) -> Result<u32, String> {
+    u32::try_from(count)
+        .ok()
+        .filter(|c| *c <= MAX_SCALE)
+        .ok_or_else(|| format!("scale needs a count from 0 to {MAX_SCALE}, not {count}"))
+}
+
+/// Parse and validate one request line.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    let v: Value = serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
-    let verb = field(&v, "verb")?;
-    let target = || field(&v, "target").map(str::to_string);
-    Ok(match verb {
-        "status" => Request::Status,
-        "start" => Request::Start(target()?),
-        "stop" => Request::Stop(target()?),
-        "restart" => Request::Restart(target()?),
-        "signal" => {
-            let name = field(&v, "signal")?;
-            let signal = crate::signals::parse(name).ok_or_else(|| format!("unknown signal '{name}'"))?;
-            Request::Signal {
-                signal,
-                target: target()?,
-            }
-        }
-        "scale" => {
-            let name = field(&v, "name")?.to_string();
-            let count = v
-                .get("count")
-                .and_then(Value::as_u64)
-                .filter(|n| *n <= 10_000)
-                .ok_or_else(|| "scale needs a count from 0 to 10000".to_string())?;
-            Request::Scale {
-                name,
-                count: count as u32,
-            }
-        }
-        "logs" => Request::Logs {
-            target: target()?,
-            lines: v.get("lines").and_then(Value::as_u64).unwrap_or(100).min(100_000) as usize,
-            follow: v.get("follow").and_then(Value::as_bool).unwrap_or(false),
+    let head: Head = serde_json::from_slice(line).map_err(malformed)?;
+    if !VERBS.contains(&head.verb.as_str()) {
+        return Err(format!("unknown verb '{}'", head.verb.escape_debug()));
+    }
+    let wire: WireRequest = serde_json::from_slice(line).map_err(malformed)?;
+    Ok(match wire {
+        WireRequest::Status => Request::Status,
+        WireRequest::Start { target } => Request::Start(target),
+        WireRequest::Stop { target } => Request::Stop(target),
+        WireRequest::Restart { target } => Request::Restart(target),
+        WireRequest::Signal { signal, target } => Request::Signal {
+            signal: crate::signals::parse(&signal)
+                .ok_or_else(|| format!("unknown signal '{}'", signal.escape_debug()))?,
+            target,
         },
-        "shutdown" => Request::Shutdown,
-        other => return Err(format!("unknown verb '{other}'")),
+        WireRequest::Scale { name, count } => Request::Scale {
+            name,
+            count: scale_count(count)?,
+        },
+        WireRequest::Logs {
+            target,
+            lines,
+            follow,
+        } => Request::Logs {
+            target,
+            lines: lines.unwrap_or(DEFAULT_LOG_LINES).min(MAX_LOG_LINES) as usize,
+            follow,
+        },
+        WireRequest::Shutdown => Request::Shutdown,
     })
 }
 
@@ -135,5 +197,54 @@ mod tests {
         assert!(parse_request(br#"{"verb":"signal","signal":"NOPE","target":"x"}"#).is_err());
         assert!(parse_request(br#"{"verb":"scale","name":"w","count":-1}"#).is_err());
         assert!(parse_request(br#"[1,2]"#).is_err());
+        assert!(parse_request(br#"{"verb":"scale","name":"w","count":10001}"#).is_err());
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_not_the_last_one() {
+        for line in [
+            &br#"{"verb":"status","verb":"shutdown"}"#[..],
+            br#"{"verb":"stop","target":"a","target":"b"}"#,
+            br#"{"verb":"logs","target":"a","follow":false,"follow":true}"#,
+            br#"{"verb":"scale","name":"w","count":1,"count":0}"#,
+        ] {
+            let e = parse_request(line).unwrap_err();
+            assert!(
+                e.contains("duplicate field"),
+                "{}: {e}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn wire_form_is_the_documented_one() {
+        let text = |r: &WireRequest| serde_json::to_string(r).unwrap();
+        assert_eq!(text(&WireRequest::Status), r#"{"verb":"status"}"#);
+        assert_eq!(
+            text(&WireRequest::Signal {
+                signal: "HUP".into(),
+                target: "web.1".into()
+            }),
+            r#"{"verb":"signal","signal":"HUP","target":"web.1"}"#
+        );
+        assert_eq!(
+            text(&WireRequest::Logs {
+                target: "web".into(),
+                lines: Some(5),
+                follow: true
+            }),
+            r#"{"verb":"logs","target":"web","lines":5,"follow":true}"#
+        );
+        assert_eq!(
+            parse_request(br#"{"verb":"logs","target":"web"}"#),
+            Ok(Request::Logs {
+                target: "web".into(),
+                lines: 100,
+                follow: false
+            })
+        );
+        // Unknown keys are ignored.
+        assert_eq!(parse_request(br#"{"verb":"status","x":1}"#), Ok(Request::Status));
     }
 }
