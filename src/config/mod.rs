@@ -121,12 +121,20 @@ pub struct RunProgram {
     pub restart_window: Duration,
     /// The config named `cwd` (not just the config file's directory).
     pub cwd_explicit: bool,
+    /// The program's own config env sets PORT: every instance keeps it.
+    pub env_sets_port: bool,
 }
 
 /// A loaded config file: its programs, in file order.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub programs: Vec<RunProgram>,
+    /// The variables of the env files (already under each program's env).
+    pub env: Vec<(OsString, OsString)>,
+    /// `PORT` from the env files: the base port of the instances, as in
+    /// foreman and honcho (4300 gives web.1 4300, web.2 4301, the next
+    /// program 4400), not a port every instance shares.
+    pub port_base: Option<u32>,
 }
 
 /// Defaults shared by both formats.
@@ -137,10 +145,21 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 10;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which file `brood run` reads: `-f FILE`, else `brood.toml`, else
-/// `Procfile`, in the current directory.
+/// `Procfile`, in the current directory (or `PROCFILE`, see
+/// [`locate_config`]).
 pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    locate_config(explicit, &[])
+}
+
+/// Which file `brood run` reads: `-f FILE`; else `PROCFILE` from the env
+/// files (`-e`, else `./.env`) or from brood's environment, as honcho does;
+/// else `brood.toml`, else `Procfile`, in the current directory.
+pub fn locate_config(explicit: Option<&Path>, env_files: &[PathBuf]) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
+    }
+    if let Some(p) = procfile_variable(env_files) {
+        return Ok(p);
     }
     for name in ["brood.toml", "Procfile"] {
         let p = PathBuf::from(name);
@@ -153,34 +172,121 @@ pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     ))
 }
 
+/// `PROCFILE` from the env files, else from the environment. A file that
+/// cannot be read here is skipped: it is read strictly when it is loaded.
+fn procfile_variable(env_files: &[PathBuf]) -> Option<PathBuf> {
+    let default = [PathBuf::from(".env")];
+    let files = if env_files.is_empty() {
+        &default[..]
+    } else {
+        env_files
+    };
+    let from_files = files
+        .iter()
+        .filter_map(|f| load_env_file(f).ok())
+        .flatten()
+        .filter(|(k, v)| k == "PROCFILE" && !v.is_empty())
+        .map(|(_, v)| v)
+        .last();
+    from_files
+        .or_else(|| std::env::var_os("PROCFILE").filter(|v| !v.is_empty()))
+        .map(PathBuf::from)
+}
+
+/// The env files a config gets: `-e` files replace the default `.env`
+/// beside a Procfile (foreman and honcho do the same); a brood.toml has no
+/// default.
+pub fn env_files_for(path: &Path, explicit: &[PathBuf]) -> Vec<PathBuf> {
+    if !explicit.is_empty() {
+        return explicit.to_vec();
+    }
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    let dotenv = config_dir(path).join(".env");
+    if !is_toml && dotenv.exists() {
+        vec![dotenv]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Load and validate a config: TOML when the name ends in `.toml`, a
-/// Procfile otherwise. `extra_env` files are laid over the program
-/// environments (after a Procfile's own `.env`).
-pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, Error> {
+/// Procfile otherwise. The variables of the env files (`-e` files, else the
+/// default, see [`env_files_for`]) are laid under each program's own env.
+pub fn load_run_config(path: &Path, env_files: &[PathBuf]) -> Result<RunConfig, Error> {
     let text =
         std::fs::read(path).map_err(|e| Error::usage(format!("cannot read '{}': {e}", path.display())))?;
     let text =
         String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
-    let dir = config_dir(path);
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let mut programs = parse_config_text(&text, path, is_toml)?;
-    let mut env: Vec<(OsString, OsString)> = Vec::new();
-    if !is_toml {
-        let dotenv = dir.join(".env");
-        if dotenv.exists() {
-            env.extend(load_env_file(&dotenv)?);
-        }
-    }
-    for file in extra_env {
-        env.extend(load_env_file(file)?);
-    }
+    let env = load_env_files(&env_files_for(path, env_files))?;
+    let port_base = port_of(&env)?;
     for p in &mut programs {
         // The program's own env wins over the files.
         let own = std::mem::take(&mut p.spec.env);
+        p.env_sets_port = own.iter().any(|(k, _)| k == "PORT");
         p.spec.env = env.clone();
         p.spec.env.extend(own);
     }
-    Ok(RunConfig { programs })
+    Ok(RunConfig {
+        programs,
+        env,
+        port_base,
+    })
+}
+
+/// The variables of these files, in order (a later file wins).
+pub fn load_env_files(files: &[PathBuf]) -> Result<Vec<(OsString, OsString)>, Error> {
+    let mut env = Vec::new();
+    for file in files {
+        env.extend(load_env_file(file)?);
+    }
+    Ok(env)
+}
+
+/// `PORT` from env files: a port number, or a config error.
+fn port_of(env: &[(OsString, OsString)]) -> Result<Option<u32>, Error> {
+    let Some((_, value)) = env.iter().rev().find(|(k, _)| k == "PORT") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .map(|p| Some(u32::from(p)))
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "PORT in an env file must be a port number, not '{}'",
+                value.to_string_lossy()
+            ))
+        })
+}
+
+/// Apply `-c`/`--scale` values: `NAME=N` (N from 0, which leaves the
+/// program out, to 10000) and `all=N` for every program (a named value wins
+/// over `all`, wherever it is).
+pub fn apply_scale(programs: &mut [RunProgram], specs: &[String]) -> Result<(), String> {
+    let mut parsed = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let parsed_one = spec
+            .split_once('=')
+            .and_then(|(n, c)| Some((n.trim(), c.trim().parse::<u32>().ok().filter(|c| *c <= 10_000)?)));
+        match parsed_one {
+            Some((name, count)) if !name.is_empty() => parsed.push((name, count)),
+            _ => return Err(format!("-c takes NAME=N with N from 0 to 10000, not '{spec}'")),
+        }
+    }
+    for &(_, count) in parsed.iter().filter(|(n, _)| *n == "all") {
+        for p in programs.iter_mut() {
+            p.numprocs = count;
+        }
+    }
+    for &(name, count) in parsed.iter().filter(|(n, _)| *n != "all") {
+        match programs.iter_mut().find(|p| p.spec.name == name) {
+            Some(p) => p.numprocs = count,
+            None => return Err(format!("-c: no program '{name}'")),
+        }
+    }
+    Ok(())
 }
 
 /// The directory a config file is in (`.` for a bare file name).

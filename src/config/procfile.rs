@@ -76,6 +76,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             max_restarts: super::DEFAULT_MAX_RESTARTS,
             restart_window: super::DEFAULT_RESTART_WINDOW,
             cwd_explicit: false,
+            env_sets_port: false,
         });
     }
     if programs.is_empty() {
