@@ -587,7 +587,7 @@ fn color_before(terminal: &str, label: &str) -> Option<String> {
 
 #[test]
 fn prefix_colors_follow_the_program_not_the_instance_number() {
-    let mut pty = run_in(
+    let pty = run_in(
         "colors",
         &[("Procfile", "web: echo web-line\nworker: echo worker-line\n")],
         &["-c", "web=2,worker=2"],

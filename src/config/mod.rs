@@ -187,7 +187,7 @@ fn procfile_variable(env_files: &[PathBuf]) -> Option<PathBuf> {
         .flatten()
         .filter(|(k, v)| k == "PROCFILE" && !v.is_empty())
         .map(|(_, v)| v)
-        .last();
+        .next_back();
     from_files
         .or_else(|| std::env::var_os("PROCFILE").filter(|v| !v.is_empty()))
         .map(PathBuf::from)

@@ -165,6 +165,10 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 /// errors move on to the next candidate; EACCES is remembered, so
 /// "permission denied" wins over "not found" when both happened.
 /// Async-signal-safe (also used by `brood exec`, which execs in brood itself).
+///
+/// # Safety
+/// Every path must be NUL-terminated, `argv` and `envp` NULL-terminated
+/// arrays of NUL-terminated strings, all alive until the call returns.
 pub unsafe fn execve_candidates(
     paths: &[*const c_char],
     argv: *const *const c_char,
