@@ -122,8 +122,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         }
         config.programs.retain(|p| args.names.contains(&p.spec.name));
     }
-    config::apply_scale(&mut config.programs, &args.scale)
-        .map_err(|e| Error::usage(format!("{e} in {}", path.display())))?;
+    config::apply_scale(&mut config.programs, &args.scale, &path)?;
     if config.programs.iter().all(|p| p.numprocs == 0) {
         return Err(Error::usage(
             "nothing to run: every program is scaled to 0".to_string(),

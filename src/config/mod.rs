@@ -264,7 +264,7 @@ fn port_of(env: &[(OsString, OsString)]) -> Result<Option<u32>, Error> {
 /// Apply `-c`/`--scale` values: `NAME=N` (N from 0, which leaves the
 /// program out, to 10000) and `all=N` for every program (a named value wins
 /// over `all`, wherever it is).
-pub fn apply_scale(programs: &mut [RunProgram], specs: &[String]) -> Result<(), String> {
+pub fn apply_scale(programs: &mut [RunProgram], specs: &[String], path: &Path) -> Result<(), Error> {
     let mut parsed = Vec::with_capacity(specs.len());
     for spec in specs {
         let parsed_one = spec
@@ -272,7 +272,11 @@ pub fn apply_scale(programs: &mut [RunProgram], specs: &[String]) -> Result<(), 
             .and_then(|(n, c)| Some((n.trim(), c.trim().parse::<u32>().ok().filter(|c| *c <= 10_000)?)));
         match parsed_one {
             Some((name, count)) if !name.is_empty() => parsed.push((name, count)),
-            _ => return Err(format!("-c takes NAME=N with N from 0 to 10000, not '{spec}'")),
+            _ => {
+                return Err(Error::usage(format!(
+                    "-c takes NAME=N with N from 0 to 10000, not '{spec}'"
+                )))
+            }
         }
     }
     for &(_, count) in parsed.iter().filter(|(n, _)| *n == "all") {
@@ -283,7 +287,12 @@ pub fn apply_scale(programs: &mut [RunProgram], specs: &[String]) -> Result<(), 
     for &(name, count) in parsed.iter().filter(|(n, _)| *n != "all") {
         match programs.iter_mut().find(|p| p.spec.name == name) {
             Some(p) => p.numprocs = count,
-            None => return Err(format!("-c: no program '{name}'")),
+            None => {
+                return Err(Error::usage(format!(
+                    "-c: no program '{name}' in {}",
+                    path.display()
+                )))
+            }
         }
     }
     Ok(())
@@ -365,6 +374,33 @@ mod tests {
     fn offsets_become_lines_and_columns() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    fn programs(names: &[&str]) -> Vec<RunProgram> {
+        let text: String = names.iter().map(|n| format!("{n}: x\n")).collect();
+        parse_config_text(&text, Path::new("Procfile"), false).unwrap()
+    }
+
+    fn counts(ps: &[RunProgram]) -> Vec<u32> {
+        ps.iter().map(|p| p.numprocs).collect()
+    }
+
+    #[test]
+    fn scale_values_name_programs_or_all() {
+        let mut ps = programs(&["web", "worker", "clock"]);
+        let specs = ["web=2".to_string(), "all=3".to_string(), "clock=0".to_string()];
+        apply_scale(&mut ps, &specs, Path::new("Procfile")).unwrap();
+        assert_eq!(counts(&ps), [2, 3, 0]);
+        for bad in ["web", "web=-1", "web=10001", "=2", "web=x"] {
+            let err = apply_scale(&mut ps, &[bad.to_string()], Path::new("Procfile")).unwrap_err();
+            assert!(
+                err.message.starts_with("-c takes NAME=N"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+        let err = apply_scale(&mut ps, &["nope=1".to_string()], Path::new("Procfile")).unwrap_err();
+        assert_eq!(err.message, "-c: no program 'nope' in Procfile");
     }
 
     #[test]
