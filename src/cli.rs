@@ -34,6 +34,10 @@ pub enum Command {
     Run(RunArgs),
     /// PID 1 / subreaper for containers: run CMD, forward signals, reap orphans.
     Init(InitArgs),
+    /// Run one command with the app's environment (foreman's `run`).
+    Exec(ExecArgs),
+    /// Validate the config and list its programs (foreman's `check`).
+    Check(CheckArgs),
     /// Control a running `brood run` over its socket.
     Ctl(CtlArgs),
     /// Write systemd units or Kubernetes manifests for a config.
@@ -100,9 +104,14 @@ pub struct RunArgs {
     /// Config file (default: brood.toml, else Procfile, in this directory).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Load environment variables from FILE (may repeat).
-    #[arg(short = 'e', long = "env", value_name = "FILE")]
+    /// Load environment variables from FILE instead of the Procfile's .env
+    /// (may repeat, or list: `-e a.env,b.env`; a later file wins).
+    #[arg(short = 'e', long = "env", value_name = "FILE", value_delimiter = ',')]
     pub env_files: Vec<PathBuf>,
+    /// Base port: web.1 gets PORT, web.2 PORT+1, the next program PORT+100
+    /// (default: PORT from the env files, else from the environment, else 5000).
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<u16>,
     /// Read console commands from stdin even when it is not a terminal.
     #[arg(short, long)]
     pub interactive: bool,
@@ -110,14 +119,39 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Instances of a program, over the config's numprocs (foreman's -m,
-    /// honcho's -c); may repeat: `-c web=2 -c worker=3`.
-    #[arg(short = 'c', long = "scale", value_name = "NAME=N")]
+    /// honcho's -c): `-c web=2,worker=3` or repeated; `web=0` leaves web
+    /// out, `all=2` sets every program (a named value wins over all).
+    #[arg(short = 'c', long = "scale", value_name = "NAME=N", value_delimiter = ',')]
     pub scale: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Start only these programs (default: all).
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Config file (default: as `brood run` finds it; none is fine).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Load environment variables from FILE instead of the Procfile's .env
+    /// (may repeat, or list: `-e a.env,b.env`).
+    #[arg(short = 'e', long = "env", value_name = "FILE", value_delimiter = ',')]
+    pub env_files: Vec<PathBuf>,
+    /// The command and its arguments, or the name of a program of the config.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD [ARGS]...")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Config file (default: as `brood run` finds it).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Env files instead of the Procfile's .env (checked too).
+    #[arg(short = 'e', long = "env", value_name = "FILE", value_delimiter = ',')]
+    pub env_files: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -132,6 +132,9 @@ fn systemd_service(
         // WorkingDirectory= is written either way: brood's default (the
         // config's directory) is not systemd's (/).
         cwd_explicit: _,
+        // PORT, when set, is in `env` and exported with it; foreman's
+        // per-instance PORT numbering is brood run's, not a unit's.
+        env_sets_port: _,
     } = p;
     let ProgramSpec {
         name,
@@ -260,6 +263,8 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
         max_restarts: _,
         restart_window: _,
         cwd_explicit,
+        // PORT, when set, is in `env` and exported with it.
+        env_sets_port: _,
     } = p;
     let ProgramSpec {
         name,
@@ -396,7 +401,10 @@ mod tests {
                 max_restarts: config::DEFAULT_MAX_RESTARTS,
                 restart_window: config::DEFAULT_RESTART_WINDOW,
                 cwd_explicit: true,
+                env_sets_port: false,
             }],
+            env: Vec::new(),
+            port_base: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! modules; they are a library so that the fuzz targets (`fuzz/`) can reach
 //! the parsers directly.
 
+pub mod check;
 pub mod children;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod core;
 pub mod ctl;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod export;
 pub mod init;
 pub mod logging;

@@ -7,7 +7,7 @@ use brood::core::policy::{Jitter, Policy};
 use brood::core::run::{ProgramEntry, RunCore};
 use brood::error::Error;
 use brood::events::Events;
-use brood::{cli, config, control, ctl, export, init, logging, output, spawn, supervisor};
+use brood::{check, cli, config, control, ctl, exec, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
 use supervisor::{Driver, InstanceEnv, Options, Program, SpawnQueue, Supervisor};
@@ -53,6 +53,8 @@ fn run(command: Command) -> Result<i32, Error> {
         Command::Spawn(args) => run_spawn(args),
         Command::Run(args) => run_run(args),
         Command::Init(args) => run_init(args),
+        Command::Exec(args) => exec::run(args),
+        Command::Check(args) => check::run(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Export(target) => run_export(target),
         Command::Completions { shell } => {
@@ -132,48 +134,40 @@ fn options(args: &OutputArgs, console: bool, grace: std::time::Duration) -> Opti
 }
 
 fn run_run(args: RunArgs) -> Result<i32, Error> {
-    let path = config::find_config(args.file.as_deref())?;
+    let path = config::locate_config(args.file.as_deref(), &args.env_files)?;
     let mut config = config::load_run_config(&path, &args.env_files)?;
+    // Each program's place in the file sets its ports, whatever is selected.
+    let places: Vec<String> = config.programs.iter().map(|p| p.spec.name.clone()).collect();
     if !args.names.is_empty() {
         for name in &args.names {
             if !config.programs.iter().any(|p| &p.spec.name == name) {
-                let known: Vec<&str> = config.programs.iter().map(|p| p.spec.name.as_str()).collect();
-                return Err(Error::usage(format!(
-                    "no program '{name}' in {} (it has: {})",
-                    path.display(),
-                    known.join(", ")
-                )));
+                return Err(unknown_program(name, &path, &config));
             }
         }
         config.programs.retain(|p| args.names.contains(&p.spec.name));
     }
-    for spec in &args.scale {
-        let (name, count) = spec
-            .split_once('=')
-            .and_then(|(n, c)| Some((n, c.parse::<u32>().ok().filter(|c| (1..=10_000).contains(c))?)))
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "--scale takes NAME=N with N from 1 to 10000, not '{spec}'"
-                ))
-            })?;
-        match config.programs.iter_mut().find(|p| p.spec.name == name) {
-            Some(p) => p.numprocs = count,
-            None => {
-                return Err(Error::usage(format!(
-                    "--scale: no program '{name}' in {}",
-                    path.display()
-                )))
-            }
-        }
+    config::apply_scale(&mut config.programs, &args.scale, &path)?;
+    if config.programs.iter().all(|p| p.numprocs == 0) {
+        return Err(Error::usage(
+            "nothing to run: every program is scaled to 0".to_string(),
+        ));
     }
     let events = Events::for_flag(args.output.events.as_deref())?;
     let mut programs = Vec::new();
     let mut entries = Vec::new();
     let mut width = 0;
     let mut grace = std::time::Duration::ZERO;
-    let port_bases = config::port_bases(&config.programs, std::env::var_os("PORT").as_deref())?;
-    for (index, p) in config.programs.iter().enumerate() {
-        let id = ProgramId(index as u32);
+    // foreman's and honcho's convention: -p, else PORT from the env files,
+    // else from the environment, else 5000, is the base; each program's
+    // instances count up from base + 100 * its place in the file.
+    let base = match (args.port, config.port_base) {
+        (Some(p), _) => u64::from(p),
+        (None, Some(p)) => u64::from(p),
+        (None, None) => config::port_from_environment(std::env::var_os("PORT").as_deref())?,
+    };
+    let port_bases = config::port_bases(&config.programs, &places, base)?;
+    for (p, port_base) in config.programs.iter().filter(|p| p.numprocs > 0).zip(port_bases) {
+        let id = ProgramId(programs.len() as u32);
         width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
         grace = grace.max(p.spec.stop_timeout);
         let entry = ProgramEntry {
@@ -181,7 +175,6 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
             policy: Policy::of(p),
         };
         entries.push((id, entry, u64::from(p.numprocs)));
-        let port_base = port_bases[index];
         programs.push((
             id,
             Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
@@ -194,6 +187,15 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let driver = Driver::Run(RunCore::new(entries, Jitter::seeded()));
     let outcome = Supervisor::new(programs, opts, driver, events, width, control)?.run();
     Ok(outcome.code)
+}
+
+fn unknown_program(name: &str, path: &std::path::Path, config: &config::RunConfig) -> Error {
+    let known: Vec<&str> = config.programs.iter().map(|p| p.spec.name.as_str()).collect();
+    Error::usage(format!(
+        "no program '{name}' in {} (it has: {})",
+        path.display(),
+        known.join(", ")
+    ))
 }
 
 fn run_init(args: InitArgs) -> Result<i32, Error> {

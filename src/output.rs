@@ -298,7 +298,9 @@ pub fn is_terminal(fd: RawFd) -> bool {
 
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
 
-/// `LABEL | ` padded to `width`, colored when asked.
+/// `LABEL | ` padded to `width`, colored when asked. The color is chosen
+/// by `color_index`: the program's place, so that every instance of a
+/// program shares one color, as in foreman and honcho.
 pub fn prefix(label: &str, width: usize, color_index: usize, color: bool) -> Vec<u8> {
     let pad = width.saturating_sub(label.len());
     let mut out = Vec::with_capacity(label.len() + pad + 16);

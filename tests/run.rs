@@ -163,7 +163,8 @@ fn procfile_runs_both_programs_and_dotenv_reaches_them() {
 }
 
 #[test]
-fn env_file_option_adds_variables() {
+fn env_file_option_replaces_dotenv() {
+    // foreman and honcho: `-e FILE` is read instead of `.env`, not as well.
     let out = run_in(
         "envfile",
         &[
@@ -176,7 +177,7 @@ fn env_file_option_adds_variables() {
     .run();
     out.assert_code(0).assert_no_panic();
     assert!(
-        has_line(&out.stdout_str(), "web.1", "a=dotenv b=option"),
+        has_line(&out.stdout_str(), "web.1", "a= b=option"),
         "{}",
         out.context()
     );

@@ -155,12 +155,20 @@ pub struct RunProgram {
     pub restart_window: Duration,
     /// The config named `cwd` (not just the config file's directory).
     pub cwd_explicit: bool,
+    /// The program's own config env sets PORT: every instance keeps it.
+    pub env_sets_port: bool,
 }
 
 /// A loaded config file: its programs, in file order.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub programs: Vec<RunProgram>,
+    /// The variables of the env files (already under each program's env).
+    pub env: Vec<(OsString, OsString)>,
+    /// `PORT` from the env files: the base port of the instances, as in
+    /// foreman and honcho (4300 gives web.1 4300, web.2 4301, the next
+    /// program 4400), not a port every instance shares.
+    pub port_base: Option<u32>,
 }
 
 /// Defaults shared by both formats.
@@ -171,11 +179,22 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 10;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which file `brood run` reads: `-f FILE`, else `brood.toml`, else
-/// `Procfile`, in the current directory. A name that is there as a dangling
-/// symlink is chosen too, so that reading it says what is wrong.
+/// `Procfile`, in the current directory (or `PROCFILE`, see
+/// [`locate_config`]). A name that is there as a dangling symlink is chosen
+/// too, so that reading it says what is wrong.
 pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, Error> {
+    locate_config(explicit, &[])
+}
+
+/// Which file `brood run` reads: `-f FILE`; else `PROCFILE` from the env
+/// files (`-e`, else `./.env`) or from brood's environment, as honcho does;
+/// else `brood.toml`, else `Procfile`, in the current directory.
+pub fn locate_config(explicit: Option<&Path>, env_files: &[PathBuf]) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
+    }
+    if let Some(p) = procfile_variable(env_files) {
+        return Ok(p);
     }
     for name in ["brood.toml", "Procfile"] {
         let p = PathBuf::from(name);
@@ -252,49 +271,140 @@ pub fn read_input_file(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
     Ok(text)
 }
 
+/// `PROCFILE` from the env files, else from the environment. A file that
+/// cannot be read here is skipped: it is read strictly when it is loaded.
+fn procfile_variable(env_files: &[PathBuf]) -> Option<PathBuf> {
+    let default = [PathBuf::from(".env")];
+    let files = if env_files.is_empty() {
+        &default[..]
+    } else {
+        env_files
+    };
+    let from_files = files
+        .iter()
+        .filter_map(|f| load_env_file(f).ok())
+        .flatten()
+        .filter(|(k, v)| k == "PROCFILE" && !v.is_empty())
+        .map(|(_, v)| v)
+        .next_back();
+    from_files
+        .or_else(|| std::env::var_os("PROCFILE").filter(|v| !v.is_empty()))
+        .map(PathBuf::from)
+}
+
+/// The env files a config gets: `-e` files replace the default `.env`
+/// beside a Procfile (foreman and honcho do the same); a brood.toml has no
+/// default.
+pub fn env_files_for(path: &Path, explicit: &[PathBuf]) -> Vec<PathBuf> {
+    if !explicit.is_empty() {
+        return explicit.to_vec();
+    }
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    let dotenv = config_dir(path).join(".env");
+    // symlink_metadata: a dangling .env is reported, not skipped.
+    if !is_toml && std::fs::symlink_metadata(&dotenv).is_ok() {
+        vec![dotenv]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Load and validate a config: TOML when the name ends in `.toml`, a
-/// Procfile otherwise. `extra_env` files are laid over the program
-/// environments (after a Procfile's own `.env`).
-pub fn load_run_config(path: &Path, extra_env: &[PathBuf]) -> Result<RunConfig, Error> {
+/// Procfile otherwise. The variables of the env files (`-e` files, else the
+/// default, see [`env_files_for`]) are laid under each program's own env.
+pub fn load_run_config(path: &Path, env_files: &[PathBuf]) -> Result<RunConfig, Error> {
     let text = read_input_file(path, "config")?;
     let text =
         String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
-    let dir = config_dir(path);
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let mut programs = parse_config_text(&text, path, is_toml)?;
-    let mut env: Vec<(OsString, OsString)> = Vec::new();
-    if !is_toml {
-        let dotenv = dir.join(".env");
-        // symlink_metadata: a dangling .env is reported, not skipped.
-        if std::fs::symlink_metadata(&dotenv).is_ok() {
-            env.extend(load_env_file(&dotenv)?);
-        }
-    }
-    for file in extra_env {
-        env.extend(load_env_file(file)?);
-    }
+    let env = load_env_files(&env_files_for(path, env_files))?;
+    let port_base = port_of(&env)?;
     for p in &mut programs {
         // The program's own env wins over the files.
         let own = std::mem::take(&mut p.spec.env);
+        p.env_sets_port = own.iter().any(|(k, _)| k == "PORT");
         p.spec.env = env.clone();
         p.spec.env.extend(own);
     }
-    Ok(RunConfig { programs })
+    Ok(RunConfig {
+        programs,
+        env,
+        port_base,
+    })
+}
+
+/// The variables of these files, in order (a later file wins).
+pub fn load_env_files(files: &[PathBuf]) -> Result<Vec<(OsString, OsString)>, Error> {
+    let mut env = Vec::new();
+    for file in files {
+        env.extend(load_env_file(file)?);
+    }
+    Ok(env)
+}
+
+/// `PORT` from env files: a port number, or a config error.
+fn port_of(env: &[(OsString, OsString)]) -> Result<Option<u32>, Error> {
+    let Some((_, value)) = env.iter().rev().find(|(k, _)| k == "PORT") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .map(|p| Some(u32::from(p)))
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "PORT in an env file must be a port number, not '{}'",
+                value.to_string_lossy()
+            ))
+        })
+}
+
+/// Apply `-c`/`--scale` values: `NAME=N` (N from 0, which leaves the
+/// program out, to 10000) and `all=N` for every program (a named value wins
+/// over `all`, wherever it is).
+pub fn apply_scale(programs: &mut [RunProgram], specs: &[String], path: &Path) -> Result<(), Error> {
+    let mut parsed = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let parsed_one = spec
+            .split_once('=')
+            .and_then(|(n, c)| Some((n.trim(), c.trim().parse::<u32>().ok().filter(|c| *c <= 10_000)?)));
+        match parsed_one {
+            Some((name, count)) if !name.is_empty() => parsed.push((name, count)),
+            _ => {
+                return Err(Error::usage(format!(
+                    "-c takes NAME=N with N from 0 to 10000, not '{spec}'"
+                )))
+            }
+        }
+    }
+    for &(_, count) in parsed.iter().filter(|(n, _)| *n == "all") {
+        for p in programs.iter_mut() {
+            p.numprocs = count;
+        }
+    }
+    for &(name, count) in parsed.iter().filter(|(n, _)| *n != "all") {
+        match programs.iter_mut().find(|p| p.spec.name == name) {
+            Some(p) => p.numprocs = count,
+            None => {
+                return Err(Error::usage(format!(
+                    "-c: no program '{name}' in {}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The highest port an instance may be given.
 const MAX_PORT: u64 = 65_535;
 
-/// foreman's `PORT` for each program (None where the config sets PORT
-/// itself): `base` (brood's own `$PORT`, else 5000) + 100 per program in file
-/// order; instance n gets that + n - 1. A port past 65535 is an error, not a
-/// number the program cannot bind.
-pub fn port_bases(
-    programs: &[RunProgram],
-    env_port: Option<&std::ffi::OsStr>,
-) -> Result<Vec<Option<u32>>, Error> {
-    let base: u64 = match env_port {
-        None => 5000,
+/// brood's own `$PORT` as the base port (5000 without one): a port number,
+/// or a usage error (not a silent 5000).
+pub fn port_from_environment(env_port: Option<&std::ffi::OsStr>) -> Result<u64, Error> {
+    match env_port {
+        None => Ok(5000),
         Some(p) => p
             .to_str()
             .and_then(|p| p.trim().parse::<u64>().ok())
@@ -304,20 +414,29 @@ pub fn port_bases(
                     "PORT={} in the environment is not a port number (0 to 65535)",
                     shown_text(&p.to_string_lossy())
                 ))
-            })?,
-    };
+            }),
+    }
+}
+
+/// foreman's `PORT` for each program that runs (numprocs > 0), None where
+/// the config sets PORT itself: `base` + 100 per program by its place in the
+/// file (`places`, so leaving a program out shifts no one); instance n gets
+/// that + n - 1. A port past 65535 is an error, not a number the program
+/// cannot bind.
+pub fn port_bases(programs: &[RunProgram], places: &[String], base: u64) -> Result<Vec<Option<u32>>, Error> {
     let mut bases = Vec::with_capacity(programs.len());
-    for (index, p) in programs.iter().enumerate() {
-        if p.spec.env.iter().any(|(k, _)| k == "PORT") {
+    for p in programs.iter().filter(|p| p.numprocs > 0) {
+        if p.env_sets_port {
             bases.push(None);
             continue;
         }
-        let first = base + 100 * index as u64;
+        let place = places.iter().position(|n| *n == p.spec.name).unwrap_or(0);
+        let first = base + 100 * place as u64;
         let last = first + u64::from(p.numprocs.max(1)) - 1;
         if last > MAX_PORT {
             return Err(Error::usage(format!(
                 "PORT for {}.{} would be {last}, above 65535 (base {base} + 100 per program + instance - 1): \
-                 set PORT in the config or a lower PORT in the environment",
+                 set PORT in the config or a lower base port",
                 p.spec.name,
                 p.numprocs.max(1)
             )));
@@ -426,6 +545,33 @@ mod tests {
     fn offsets_become_lines_and_columns() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    fn programs(names: &[&str]) -> Vec<RunProgram> {
+        let text: String = names.iter().map(|n| format!("{n}: x\n")).collect();
+        parse_config_text(&text, Path::new("Procfile"), false).unwrap()
+    }
+
+    fn counts(ps: &[RunProgram]) -> Vec<u32> {
+        ps.iter().map(|p| p.numprocs).collect()
+    }
+
+    #[test]
+    fn scale_values_name_programs_or_all() {
+        let mut ps = programs(&["web", "worker", "clock"]);
+        let specs = ["web=2".to_string(), "all=3".to_string(), "clock=0".to_string()];
+        apply_scale(&mut ps, &specs, Path::new("Procfile")).unwrap();
+        assert_eq!(counts(&ps), [2, 3, 0]);
+        for bad in ["web", "web=-1", "web=10001", "=2", "web=x"] {
+            let err = apply_scale(&mut ps, &[bad.to_string()], Path::new("Procfile")).unwrap_err();
+            assert!(
+                err.message.starts_with("-c takes NAME=N"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+        let err = apply_scale(&mut ps, &["nope=1".to_string()], Path::new("Procfile")).unwrap_err();
+        assert_eq!(err.message, "-c: no program 'nope' in Procfile");
     }
 
     #[test]

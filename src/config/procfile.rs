@@ -1,6 +1,7 @@
 //! Procfiles, foreman's format: `name: command` per line, `#` comments.
-//! A simple command runs as `/bin/sh -c 'exec COMMAND'`, so the program
-//! itself is the process brood signals and reaps. A compound one (`a; b`,
+//! A simple command runs as `/bin/sh -c 'exec COMMAND'` (`VAR=value exec
+//! COMMAND` after leading assignments), so the program itself is the
+//! process brood signals and reaps. A compound one (`a; b`,
 //! `a && b`, a pipeline) runs as `/bin/sh -c 'COMMAND'`: with `exec` only its
 //! first part would ever run. The shell leads the process group either way,
 //! so a stop signal reaches every part.
@@ -86,6 +87,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             max_restarts: super::DEFAULT_MAX_RESTARTS,
             restart_window: super::DEFAULT_RESTART_WINDOW,
             cwd_explicit: false,
+            env_sets_port: false,
         });
     }
     if programs.is_empty() {
@@ -95,16 +97,79 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
 }
 
 /// `exec COMMAND` for a simple command, the command as it is otherwise.
+///
+/// `exec` goes where the shell grammar allows it: after leading variable
+/// assignments (`VAR=value exec cmd`: the shell exports them to the command,
+/// as foreman's and honcho's `sh -c` does), never before a word that is not a
+/// program (`exec`, `cd`, `export`, a reserved word). When the line cannot be
+/// read with certainty it goes to the shell as written: at worst the shell
+/// stays between brood and the program, it never fails to start.
 fn shell_line(command: &str) -> String {
-    let compound = command.contains([';', '&', '|', '\n'])
-        || command.starts_with(['(', '{', '!'])
-        || ["if", "for", "while", "until", "case"]
-            .iter()
-            .any(|k| command.split_whitespace().next() == Some(k));
+    let compound = command.contains([';', '&', '|', '\n']) || command.starts_with(['(', '{', '!']);
     if compound {
-        command.to_string()
-    } else {
-        format!("exec {command}")
+        return command.to_string();
+    }
+    let Some(rest_at) = skip_assignments(command) else {
+        return command.to_string();
+    };
+    let (assignments, rest) = command.split_at(rest_at);
+    let first = rest.split_whitespace().next().unwrap_or("");
+    if first.is_empty() || NOT_A_PROGRAM.contains(&first) || first.contains('=') {
+        return command.to_string();
+    }
+    format!("{assignments}exec {rest}")
+}
+
+/// First words before which `exec` must not go: `exec` itself, reserved
+/// words, and builtins that act on the shell rather than run a program.
+const NOT_A_PROGRAM: &[&str] = &[
+    "exec", "if", "for", "while", "until", "case", "then", "do", "time", "function", "select", "[[", "cd",
+    "export", "readonly", "local", "set", "unset", "eval", ".", "source", "trap", "ulimit", "umask", "alias",
+    "shift", "wait", "return", "exit", ":",
+];
+
+/// The offset just past the leading `NAME=value` words (0 when there are
+/// none), or None when a value is quoted in a way this does not follow.
+fn skip_assignments(command: &str) -> Option<usize> {
+    let bytes = command.as_bytes();
+    let mut i = 0;
+    loop {
+        let start = i;
+        let name_len = bytes[i..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+            .count();
+        let is_name = name_len > 0 && !bytes[i].is_ascii_digit();
+        if !is_name || bytes.get(i + name_len) != Some(&b'=') {
+            return Some(start);
+        }
+        i += name_len + 1;
+        // The value: up to unquoted whitespace.
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b' ' | b'\t' => break,
+                b'\'' => i += 1 + bytes[i + 1..].iter().position(|&c| c == b'\'')? + 1,
+                b'"' => {
+                    i += 1;
+                    loop {
+                        match bytes.get(i)? {
+                            b'"' => break,
+                            b'\\' => i += 2,
+                            b'$' if bytes.get(i + 1) == Some(&b'(') => return None,
+                            _ => i += 1,
+                        }
+                    }
+                    i += 1;
+                }
+                b'\\' => i += 2,
+                b'$' if bytes.get(i + 1) == Some(&b'(') => return None,
+                _ => i += 1,
+            }
+        }
+        i = i.min(bytes.len());
+        while bytes.get(i).is_some_and(|b| *b == b' ' || *b == b'\t') {
+            i += 1;
+        }
     }
 }
 
@@ -131,6 +196,32 @@ mod tests {
         assert_eq!(shell_line("a && b"), "a && b");
         assert_eq!(shell_line("yes | head"), "yes | head");
         assert_eq!(shell_line("while true; do x; done"), "while true; do x; done");
+    }
+
+    #[test]
+    fn exec_goes_after_leading_assignments() {
+        assert_eq!(
+            shell_line("REMAP_SIDEKIQ_QUEUE=1 bundle exec sidekiq"),
+            "REMAP_SIDEKIQ_QUEUE=1 exec bundle exec sidekiq"
+        );
+        assert_eq!(
+            shell_line("A='x y' B=\"$HOME z\" ./run"),
+            "A='x y' B=\"$HOME z\" exec ./run"
+        );
+        assert_eq!(shell_line("A=1\\ 2  ./run"), "A=1\\ 2  exec ./run");
+    }
+
+    #[test]
+    fn no_exec_where_the_shell_would_refuse_it() {
+        assert_eq!(shell_line("exec ./web"), "exec ./web");
+        assert_eq!(shell_line("A=1 exec ./web"), "A=1 exec ./web");
+        assert_eq!(shell_line("A=1"), "A=1");
+        assert_eq!(shell_line("cd web && ./run"), "cd web && ./run");
+        assert_eq!(shell_line("export A=1"), "export A=1");
+        assert_eq!(shell_line("A=\"$(date)\" ./run"), "A=\"$(date)\" ./run");
+        assert_eq!(shell_line("A=\"open ./run"), "A=\"open ./run");
+        assert_eq!(shell_line("A='open ./run"), "A='open ./run");
+        assert_eq!(shell_line("if"), "if");
     }
 
     #[test]

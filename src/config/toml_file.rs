@@ -259,6 +259,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 max_restarts,
                 restart_window,
                 cwd_explicit,
+                env_sets_port: false,
             },
         ));
     }

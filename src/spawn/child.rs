@@ -211,13 +211,28 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     };
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
 
-    // The PATH search, as execvp does it: ENOENT-like errors move on to the
-    // next candidate; EACCES is remembered, so "permission denied" wins over
-    // "not found" when both happened.
+    let errno = execve_candidates(setup.paths, setup.argv, setup.envp);
+    report(setup.err_fd, Stage::Exec, errno);
+}
+
+/// `execve` each candidate path in turn; returns only when all failed, with
+/// the errno to report. The PATH search, as execvp does it: ENOENT-like
+/// errors move on to the next candidate; EACCES is remembered, so
+/// "permission denied" wins over "not found" when both happened.
+/// Async-signal-safe (also used by `brood exec`, which execs in brood itself).
+///
+/// # Safety
+/// Every path must be NUL-terminated, `argv` and `envp` NULL-terminated
+/// arrays of NUL-terminated strings, all alive until the call returns.
+pub unsafe fn execve_candidates(
+    paths: &[*const c_char],
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     let mut errno = libc::ENOENT;
     let mut saw_eacces = false;
-    for &path in setup.paths {
-        libc::execve(path, setup.argv, setup.envp);
+    for &path in paths {
+        libc::execve(path, argv, envp);
         errno = *libc::__errno_location();
         match errno {
             libc::EACCES => saw_eacces = true,
@@ -228,7 +243,7 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     if saw_eacces && (errno == libc::ENOENT || errno == libc::ENOTDIR) {
         errno = libc::EACCES;
     }
-    report(setup.err_fd, Stage::Exec, errno);
+    errno
 }
 
 /// SIG_DFL through the raw syscall: glibc's `sigaction` refuses signals 32

@@ -404,6 +404,31 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
     })
 }
 
+/// Replace brood itself with `image` and `argv` (`brood exec`): no fork,
+/// so the command keeps brood's pid, terminal, process group, signal mask
+/// and ignored signals, and its parent sees its own exit status. Only
+/// SIGPIPE goes back to SIG_DFL: Rust ignored it at start-up, the user did
+/// not. Returns only when exec failed: the error, with brood's pid.
+pub fn replace_process(image: &Image, argv: &CArray) -> SpawnError {
+    let pid = nix::unistd::getpid();
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if let Some(dir) = &image.cwd {
+        if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+            return SpawnError::Exec {
+                pid,
+                stage: Stage::Chdir,
+                errno: Errno::last(),
+            };
+        }
+    }
+    let errno = unsafe { child::execve_candidates(image.paths.ptrs(), argv.as_ptr(), image.envp.as_ptr()) };
+    SpawnError::Exec {
+        pid,
+        stage: Stage::Exec,
+        errno: Errno::from_raw(errno),
+    }
+}
+
 /// Raise brood's soft RLIMIT_NOFILE to the hard limit (two pipes per child
 /// add up fast). Returns the original limit, for the children, when it
 /// changed.

@@ -149,7 +149,7 @@ impl Supervisor {
         // sink is a terminal.
         let cached = &mut child.prefix[stream as usize];
         if cached.1 != self.width || cached.0.is_empty() {
-            cached.0 = output::prefix(&child.label, self.width, child.n as usize, sink.color);
+            cached.0 = output::prefix(&child.label, self.width, child.program.0 as usize, sink.color);
             cached.1 = self.width;
         }
         let opts = &self.opts.output;
