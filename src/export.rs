@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ProgramSpec, RestartPolicy, RunConfig, RunProgram};
+use crate::core::graph::{Condition, ShutdownOn};
 use crate::error::Error;
 
 pub struct SystemdOptions {
@@ -92,7 +93,7 @@ pub fn systemd_units(config: &RunConfig, opts: &SystemdOptions) -> Result<Vec<(S
     let mut files = Vec::new();
     let mut wants = Vec::new();
     for p in &config.programs {
-        let (unit, text, instances) = systemd_service(app, p, opts)?;
+        let (unit, text, instances) = systemd_service(app, p, &config.programs, opts)?;
         files.push((unit, text));
         wants.extend(instances);
     }
@@ -119,6 +120,7 @@ pub fn systemd_units(config: &RunConfig, opts: &SystemdOptions) -> Result<Vec<(S
 fn systemd_service(
     app: &str,
     p: &RunProgram,
+    all: &[RunProgram],
     opts: &SystemdOptions,
 ) -> Result<(String, String, Vec<String>), Error> {
     let RunProgram {
@@ -135,6 +137,8 @@ fn systemd_service(
         // PORT, when set, is in `env` and exported with it; foreman's
         // per-instance PORT numbering is brood run's, not a unit's.
         env_sets_port: _,
+        depends_on,
+        shutdown_on,
     } = p;
     let ProgramSpec {
         name,
@@ -163,6 +167,25 @@ fn systemd_service(
     let _ = writeln!(out, "[Unit]");
     let _ = writeln!(out, "Description={app} {name} %i");
     let _ = writeln!(out, "PartOf={app}.target");
+    // After= orders the start (and the stop, in reverse, as brood does);
+    // Wants= pulls the dependency in without stopping this unit when it
+    // stops, which is brood's meaning. `succeeded` needs the one-shot to
+    // have succeeded: Requires= (with After=) does not start this unit when
+    // it failed.
+    for (dep, condition) in depends_on {
+        let count = all.iter().find(|d| &d.spec.name == dep).map_or(1, |d| d.numprocs);
+        let units: Vec<String> = (1..=count).map(|i| format!("{app}-{dep}@{i}.service")).collect();
+        let kind = if *condition == Condition::Succeeded {
+            "Requires"
+        } else {
+            "Wants"
+        };
+        let _ = writeln!(out, "After={}", units.join(" "));
+        let _ = writeln!(out, "{kind}={}", units.join(" "));
+    }
+    if *shutdown_on != ShutdownOn::Never {
+        log::warn!("program '{name}': shutdown_on has no equivalent in a unit; it is left out");
+    }
     if *restart != RestartPolicy::Never {
         // max_restarts restarts within restart_window, then give up (fatal).
         let _ = writeln!(out, "StartLimitIntervalSec={}", secs(*restart_window));
@@ -265,6 +288,10 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
         cwd_explicit,
         // PORT, when set, is in `env` and exported with it.
         env_sets_port: _,
+        // Pods start in parallel; readiness probes (not start order) are
+        // how Kubernetes services wait for each other.
+        depends_on,
+        shutdown_on,
     } = p;
     let ProgramSpec {
         name,
@@ -294,6 +321,14 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
     }
     if args.iter().any(|a| a.to_string_lossy().contains("{n}")) {
         log::warn!("program '{name}': {{n}} has no instance number in a Deployment; it is left as written");
+    }
+    if !depends_on.is_empty() {
+        log::warn!(
+            "program '{name}': depends_on has no equivalent in a Deployment (pods start in parallel; use readiness probes)"
+        );
+    }
+    if *shutdown_on != ShutdownOn::Never {
+        log::warn!("program '{name}': shutdown_on has no equivalent in a Deployment; it is left out");
     }
     if *restart == RestartPolicy::OnFailure {
         log::warn!("program '{name}': restart = on-failure becomes Always: a Deployment restarts every exit");
@@ -402,9 +437,12 @@ mod tests {
                 restart_window: config::DEFAULT_RESTART_WINDOW,
                 cwd_explicit: true,
                 env_sets_port: false,
+                depends_on: Vec::new(),
+                shutdown_on: Default::default(),
             }],
             env: Vec::new(),
             port_base: None,
+            supervisor: Default::default(),
         }
     }
 

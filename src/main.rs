@@ -2,9 +2,10 @@
 
 use clap::Parser;
 
+use brood::core::graph::{start_order, ShutdownOn};
 use brood::core::ids::ProgramId;
 use brood::core::policy::{Jitter, Policy};
-use brood::core::run::{ProgramEntry, RunCore};
+use brood::core::run::{ProgramEntry, Rules, RunCore};
 use brood::error::Error;
 use brood::events::Events;
 use brood::{check, cli, config, control, ctl, exec, export, init, logging, output, spawn, supervisor};
@@ -144,7 +145,30 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
                 return Err(unknown_program(name, &path, &config));
             }
         }
-        config.programs.retain(|p| args.names.contains(&p.spec.name));
+        // A program named brings its dependencies along (as `docker
+        // compose up web` does): without them it would wait for ever.
+        let mut wanted: Vec<String> = args.names.clone();
+        let mut i = 0;
+        while i < wanted.len() {
+            if let Some(p) = config.programs.iter().find(|p| p.spec.name == wanted[i]) {
+                for (dep, _) in &p.depends_on {
+                    if !wanted.contains(dep) {
+                        wanted.push(dep.clone());
+                    }
+                }
+            }
+            i += 1;
+        }
+        config.programs.retain(|p| wanted.contains(&p.spec.name));
+    }
+    let mut exit_with_any = false;
+    match args.exit_with.as_deref() {
+        None => {}
+        Some("any") => exit_with_any = true,
+        Some(name) => match config.programs.iter_mut().find(|p| p.spec.name == name) {
+            Some(p) => p.shutdown_on = ShutdownOn::Exit,
+            None => return Err(unknown_program(name, &path, &config)),
+        },
     }
     config::apply_scale(&mut config.programs, &args.scale, &path)?;
     if config.programs.iter().all(|p| p.numprocs == 0) {
@@ -166,13 +190,27 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         (None, None) => config::port_from_environment(std::env::var_os("PORT").as_deref())?,
     };
     let port_bases = config::port_bases(&config.programs, &places, base)?;
-    for (p, port_base) in config.programs.iter().filter(|p| p.numprocs > 0).zip(port_bases) {
+    let running: Vec<&config::RunProgram> = config.programs.iter().filter(|p| p.numprocs > 0).collect();
+    let id_of = |name: &str| {
+        running
+            .iter()
+            .position(|p| p.spec.name == name)
+            .map(|i| ProgramId(i as u32))
+    };
+    for (p, port_base) in running.iter().zip(port_bases) {
         let id = ProgramId(programs.len() as u32);
         width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
         grace = grace.max(p.spec.stop_timeout);
         let entry = ProgramEntry {
             name: p.spec.name.clone(),
             policy: Policy::of(p),
+            // A dependency scaled to 0 is not there to wait for.
+            deps: p
+                .depends_on
+                .iter()
+                .filter_map(|(d, c)| Some((id_of(d)?, *c)))
+                .collect(),
+            shutdown_on: p.shutdown_on,
         };
         entries.push((id, entry, u64::from(p.numprocs)));
         programs.push((
@@ -184,7 +222,23 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let opts = options(&args.output, console, grace);
     let control = control::socket::bind_for_run(&path, args.socket.as_deref())?
         .map(|bound| supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id)));
-    let driver = Driver::Run(RunCore::new(entries, Jitter::seeded()));
+    let names: Vec<String> = entries.iter().map(|(_, e, _)| e.name.clone()).collect();
+    let deps: Vec<Vec<usize>> = entries
+        .iter()
+        .map(|(_, e, _)| e.deps.iter().map(|(d, _)| d.0 as usize).collect())
+        .collect();
+    let order = start_order(&names, &deps)
+        .map_err(|cycle| Error::usage(format!("depends_on cycle: {}", cycle.join(" -> "))))?
+        .into_iter()
+        .map(|i| ProgramId(i as u32))
+        .collect();
+    let rules = Rules {
+        strategy: config.supervisor.strategy,
+        max_restarts: config.supervisor.max_restarts,
+        window: config.supervisor.restart_window,
+        exit_with_any,
+    };
+    let driver = Driver::Run(RunCore::new(entries, order, rules, Jitter::seeded()));
     let outcome = Supervisor::new(programs, opts, driver, events, width, control)?.run();
     Ok(outcome.code)
 }

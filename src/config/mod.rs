@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::core::graph::{Condition, ShutdownOn, Strategy};
 use crate::error::Error;
 
 pub use dotenv::load_env_file;
@@ -157,6 +158,21 @@ pub struct RunProgram {
     pub cwd_explicit: bool,
     /// The program's own config env sets PORT: every instance keeps it.
     pub env_sets_port: bool,
+    /// `depends_on`: each dependency's name and what to wait for, checked
+    /// at load (known names, no cycle).
+    pub depends_on: Vec<(String, Condition)>,
+    /// `shutdown_on`: whether this program's end ends the run.
+    pub shutdown_on: ShutdownOn,
+}
+
+/// `[supervisor]`: the restart strategy and the supervisor-wide budget.
+#[derive(Clone, Debug, Default)]
+pub struct SupervisorSpec {
+    pub strategy: Strategy,
+    /// Restarts of all programs together within `restart_window`; past it
+    /// brood shuts down and exits 1. None: no supervisor-wide budget.
+    pub max_restarts: Option<u32>,
+    pub restart_window: Duration,
 }
 
 /// A loaded config file: its programs, in file order.
@@ -169,6 +185,7 @@ pub struct RunConfig {
     /// foreman and honcho (4300 gives web.1 4300, web.2 4301, the next
     /// program 4400), not a port every instance shares.
     pub port_base: Option<u32>,
+    pub supervisor: SupervisorSpec,
 }
 
 /// Defaults shared by both formats.
@@ -318,6 +335,11 @@ pub fn load_run_config(path: &Path, env_files: &[PathBuf]) -> Result<RunConfig, 
         String::from_utf8(text).map_err(|_| Error::usage(format!("{}: not valid UTF-8", path.display())))?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let mut programs = parse_config_text(&text, path, is_toml)?;
+    let supervisor = if is_toml {
+        toml_file::parse_supervisor(&text, path)?
+    } else {
+        SupervisorSpec::default()
+    };
     let env = load_env_files(&env_files_for(path, env_files))?;
     let port_base = port_of(&env)?;
     for p in &mut programs {
@@ -331,6 +353,7 @@ pub fn load_run_config(path: &Path, env_files: &[PathBuf]) -> Result<RunConfig, 
         programs,
         env,
         port_base,
+        supervisor,
     })
 }
 

@@ -88,6 +88,8 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             restart_window: super::DEFAULT_RESTART_WINDOW,
             cwd_explicit: false,
             env_sets_port: false,
+            depends_on: Vec::new(),
+            shutdown_on: Default::default(),
         });
     }
     if programs.is_empty() {

@@ -11,8 +11,9 @@ use toml::Spanned;
 
 use super::{
     duration_from_secs, located, parse_duration, shown_number, valid_name, ProgramSpec, RestartPolicy,
-    RunProgram,
+    RunProgram, SupervisorSpec,
 };
+use crate::core::graph::{start_order, Condition, ShutdownOn, Strategy};
 use crate::error::Error;
 
 #[derive(Deserialize)]
@@ -20,6 +21,22 @@ use crate::error::Error;
 struct File {
     #[serde(default)]
     program: BTreeMap<String, Spanned<Program>>,
+    /// Read by [`parse_supervisor`].
+    #[allow(dead_code)]
+    supervisor: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+struct SupervisorFile {
+    supervisor: Option<SupervisorTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupervisorTable {
+    strategy: Option<Spanned<String>>,
+    max_restarts: Option<Spanned<i64>>,
+    restart_window: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +54,9 @@ struct Program {
     cwd: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<EnvValue>>,
+    #[serde(default)]
+    depends_on: BTreeMap<String, Spanned<String>>,
+    shutdown_on: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -239,8 +259,38 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             }
             env.push((k.into(), value.into()));
         }
+        let mut depends_on = Vec::new();
+        for (dep, cond) in prog.depends_on {
+            let at = cond.span().start;
+            let Some(c) = Condition::parse(cond.get_ref()) else {
+                return Err(err(
+                    at,
+                    &format!(
+                        "program '{name}': depends_on {dep}: unknown condition '{}' (started, ready, exited or succeeded)",
+                        cond.get_ref()
+                    ),
+                ));
+            };
+            if dep == name {
+                return Err(err(at, &format!("program '{name}' depends on itself")));
+            }
+            depends_on.push((dep, c, at));
+        }
+        let shutdown_on = match prog.shutdown_on {
+            None => ShutdownOn::Never,
+            Some(v) => ShutdownOn::parse(v.get_ref()).ok_or_else(|| {
+                err(
+                    v.span().start,
+                    &format!(
+                        "program '{name}': unknown shutdown_on '{}' (never, exit or failure)",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        };
         programs.push((
             start,
+            depends_on,
             RunProgram {
                 spec: ProgramSpec {
                     name,
@@ -260,6 +310,8 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 restart_window,
                 cwd_explicit,
                 env_sets_port: false,
+                depends_on: Vec::new(),
+                shutdown_on,
             },
         ));
     }
@@ -270,8 +322,101 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
         )));
     }
     // File order, not name order.
-    programs.sort_by_key(|(start, _)| *start);
-    Ok(programs.into_iter().map(|(_, p)| p).collect())
+    programs.sort_by_key(|(start, _, _)| *start);
+    check_dependencies(&programs, &err)?;
+    Ok(programs
+        .into_iter()
+        .map(|(_, deps, mut p)| {
+            p.depends_on = deps.into_iter().map(|(d, c, _)| (d, c)).collect();
+            p
+        })
+        .collect())
+}
+
+type Located = (usize, Vec<(String, Condition, usize)>, RunProgram);
+
+/// Every dependency names a program of the file, and there is no cycle
+/// (named along its path: `depends_on cycle: web -> cache -> web`).
+fn check_dependencies(programs: &[Located], err: &impl Fn(usize, &str) -> Error) -> Result<(), Error> {
+    let names: Vec<String> = programs.iter().map(|(_, _, p)| p.spec.name.clone()).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let mut deps = Vec::with_capacity(programs.len());
+    for (_, list, p) in programs {
+        let mut mine = Vec::new();
+        for (dep, _, at) in list {
+            match index.get(dep.as_str()) {
+                Some(&i) => mine.push(i),
+                None => {
+                    return Err(err(
+                        *at,
+                        &format!(
+                            "program '{}' depends on '{dep}', which is not a program of this file",
+                            p.spec.name
+                        ),
+                    ))
+                }
+            }
+        }
+        deps.push(mine);
+    }
+    if let Err(cycle) = start_order(&names, &deps) {
+        let first = index.get(cycle[0].as_str()).copied().unwrap_or(0);
+        return Err(err(
+            programs[first].0,
+            &format!("depends_on cycle: {}", cycle.join(" -> ")),
+        ));
+    }
+    Ok(())
+}
+
+/// The `[supervisor]` table: strategy and the supervisor-wide budget.
+pub fn parse_supervisor(text: &str, path: &Path) -> Result<SupervisorSpec, Error> {
+    let err = |offset: usize, msg: &str| located(path, text, offset, msg);
+    let file: SupervisorFile = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        err(offset, e.message().trim())
+    })?;
+    let Some(table) = file.supervisor else {
+        return Ok(SupervisorSpec {
+            restart_window: super::DEFAULT_RESTART_WINDOW,
+            ..Default::default()
+        });
+    };
+    let strategy = match table.strategy {
+        None => Strategy::OneForOne,
+        Some(s) => Strategy::parse(s.get_ref()).ok_or_else(|| {
+            err(
+                s.span().start,
+                &format!(
+                    "unknown strategy '{}' (one_for_one, one_for_all or rest_for_one)",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let max_restarts = match table.max_restarts {
+        None => None,
+        Some(n) if (0..=1_000_000).contains(n.get_ref()) => Some(*n.get_ref() as u32),
+        Some(n) => return Err(err(n.span().start, "supervisor max_restarts must be 0 or more")),
+    };
+    let restart_window = match table.restart_window {
+        None => super::DEFAULT_RESTART_WINDOW,
+        Some(v) => {
+            let at = v.span().start;
+            match v.into_inner() {
+                DurationValue::Text(t) => parse_duration(&t),
+                DurationValue::Seconds(s) => duration_from_secs(s)
+                    .map_err(|why| format!("invalid duration {}: {why}", shown_number(s))),
+            }
+            .map_err(|m| err(at, &format!("supervisor restart_window: {m}")))?
+        }
+    };
+    Ok(SupervisorSpec {
+        strategy,
+        max_restarts,
+        restart_window,
+    })
 }
 
 #[cfg(test)]
@@ -313,6 +458,71 @@ shell = "echo $HOME"
         assert_eq!(web.spec.cwd.as_deref(), Some(Path::new("/srv/app")));
         assert!(web.spec.env.contains(&("PORT".into(), "8000".into())));
         assert_eq!(got[1].spec.args, ["-c", "echo $HOME"]);
+    }
+
+    #[test]
+    fn dependencies_and_the_exit_policy_are_read_and_checked() {
+        let got = p(r#"
+[program.db]
+command = ["db"]
+[program.web]
+command = ["web"]
+depends_on = { db = "ready" }
+shutdown_on = "failure"
+"#)
+        .unwrap();
+        assert_eq!(got[1].depends_on, [("db".to_string(), Condition::Ready)]);
+        assert_eq!(got[1].shutdown_on, ShutdownOn::Failure);
+        let cases = [
+            (
+                "[program.a]\ncommand=[\"x\"]\ndepends_on = { b = \"ready\" }\n",
+                "brood.toml:3:20: program 'a' depends on 'b', which is not a program",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\ndepends_on = { a = \"ready\" }\n",
+                "brood.toml:3:20: program 'a' depends on itself",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\ndepends_on = { b = \"up\" }\n[program.b]\ncommand=[\"y\"]\n",
+                "brood.toml:3:20: program 'a': depends_on b: unknown condition 'up'",
+            ),
+            (
+                "[program.web]\ncommand=[\"x\"]\ndepends_on = { cache = \"started\" }\n[program.cache]\ncommand=[\"y\"]\ndepends_on = { web = \"ready\" }\n",
+                "brood.toml:1:1: depends_on cycle: web -> cache -> web",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nshutdown_on = \"sometimes\"\n",
+                "brood.toml:3:15: program 'a': unknown shutdown_on",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = p(text).unwrap_err().message;
+            assert!(e.starts_with(want), "{text:?}: got {e}");
+        }
+    }
+
+    #[test]
+    fn the_supervisor_table_is_read_and_checked() {
+        let path = Path::new("brood.toml");
+        let s = parse_supervisor(
+            "[supervisor]\nstrategy = \"rest_for_one\"\nmax_restarts = 5\nrestart_window = \"10s\"\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(s.strategy, Strategy::RestForOne);
+        assert_eq!(s.max_restarts, Some(5));
+        assert_eq!(s.restart_window, Duration::from_secs(10));
+        let none = parse_supervisor("[program.a]\ncommand=[\"x\"]\n", path).unwrap();
+        assert_eq!(none.strategy, Strategy::OneForOne);
+        assert_eq!(none.max_restarts, None);
+        let e = parse_supervisor("[supervisor]\nstrategy = \"all\"\n", path)
+            .unwrap_err()
+            .message;
+        assert!(e.starts_with("brood.toml:2:12: unknown strategy 'all'"), "{e}");
+        let e = parse_supervisor("[supervisor]\nstratgy = \"x\"\n", path)
+            .unwrap_err()
+            .message;
+        assert!(e.contains("unknown field `stratgy`"), "{e}");
     }
 
     #[test]

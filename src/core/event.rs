@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
+use super::graph::Strategy;
+use super::instance::ReadyBy;
 use crate::reaper::ExitStatus;
 use crate::signals;
 
@@ -52,6 +54,41 @@ pub enum Event {
     Shutdown {
         reason: ShutdownReason,
     },
+    /// An instance passed its readiness check.
+    Ready {
+        label: String,
+        pid: i32,
+        by: ReadyBy,
+        after_ms: u64,
+    },
+    /// An instance was not ready in time; it is stopped as a failed start.
+    ReadyTimeout {
+        label: String,
+        pid: i32,
+        reason: String,
+    },
+    /// An instance failed its health checks; it is stopped and restarted.
+    Unhealthy {
+        label: String,
+        pid: i32,
+        reason: String,
+    },
+    /// A program will not start: a dependency's condition can no longer hold.
+    Blocked {
+        name: String,
+        reason: String,
+    },
+    /// A failure restarts more than the failed instance.
+    Strategy {
+        kind: Strategy,
+        trigger: String,
+        restarting: Vec<String>,
+    },
+    /// The supervisor-wide restart budget is spent: brood shuts down.
+    Escalate {
+        kind: Strategy,
+        reason: String,
+    },
     Summary {
         spawned: u64,
         succeeded: u64,
@@ -88,8 +125,13 @@ impl Event {
 
 /// Why brood is shutting down. Shown and written as text
 /// (`signal:SIGTERM`), compared as a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShutdownReason {
+    /// A program whose end ends the run (`shutdown_on`, `--exit-with`)
+    /// ended: `exit:NAME`.
+    ProgramEnded(String),
+    /// The supervisor-wide restart budget is spent.
+    Escalate,
     /// `q` at the console.
     Console,
     /// End of the console's input.
@@ -110,14 +152,16 @@ pub enum ShutdownReason {
 
 impl ShutdownReason {
     /// Asked for by someone (not brood finding there is nothing left to do).
-    pub fn requested(self) -> bool {
-        self != ShutdownReason::Done
+    pub fn requested(&self) -> bool {
+        *self != ShutdownReason::Done
     }
 }
 
 impl fmt::Display for ShutdownReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ShutdownReason::ProgramEnded(name) => write!(f, "exit:{name}"),
+            ShutdownReason::Escalate => f.write_str("escalate"),
             ShutdownReason::Console => f.write_str("console"),
             ShutdownReason::Eof => f.write_str("eof"),
             ShutdownReason::Signal(s) => write!(f, "signal:{}", signals::name(*s)),

@@ -9,10 +9,12 @@
 //! - `run`: every instance of a `brood run`, and the requests that touch many.
 //! - `policy`: restart decisions (backoff, budgets) as pure functions.
 //! - `timers`: every deadline in one time-ordered queue.
+//! - `graph`: dependency conditions, start order, strategies.
 //! - `event`: the one vocabulary of events (`--events`, later the ctl stream).
 //! - `status`: the snapshot rendered as the console table, ctl text and JSON.
 
 pub mod event;
+pub mod graph;
 pub mod ids;
 pub mod instance;
 pub mod policy;

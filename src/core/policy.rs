@@ -1,12 +1,13 @@
 //! Restart decisions as data: what follows an exit brood did not ask for,
 //! decided by one function that needs no processes to test.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::{RestartPolicy, RunProgram};
 use crate::reaper::ExitStatus;
 
+/// What decides an instance's life beyond its goal: the restart policy, and
+/// whether it has a readiness check and a health threshold.
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub restart: RestartPolicy,
@@ -14,6 +15,10 @@ pub struct Policy {
     pub backoff_max: Duration,
     pub max_restarts: u32,
     pub window: Duration,
+    /// It has a readiness check: spawned is not yet ready.
+    pub ready_check: bool,
+    /// Health failures in a row that make it unhealthy.
+    pub health_failures: u32,
 }
 
 impl Policy {
@@ -24,18 +29,18 @@ impl Policy {
             backoff_max: p.backoff_max,
             max_restarts: p.max_restarts,
             window: p.restart_window,
+            ready_check: false,
+            health_failures: 3,
         }
     }
 }
 
-/// How an instance has been failing: the backoff exponent and the
-/// restarts inside the window.
+/// How an instance has been failing.
 #[derive(Clone, Debug, Default)]
 pub struct Budget {
-    /// Consecutive failed runs, for the backoff exponent.
+    /// Restarts in a row without a run that lasted the window: the backoff
+    /// exponent, and what `max_restarts` bounds.
     pub attempt: u32,
-    /// When each restart within the window happened.
-    pub recent_restarts: VecDeque<Instant>,
     /// Restarts over the whole run, for `l` and `status`.
     pub restarts: u32,
 }
@@ -44,7 +49,6 @@ impl Budget {
     /// A fresh start (`r`, `ctl start`): no backoff carried over.
     pub fn reset(&mut self) {
         self.attempt = 0;
-        self.recent_restarts.clear();
     }
 }
 
@@ -55,21 +59,29 @@ pub enum Decision {
     Fatal { reason: String },
 }
 
-/// Decide what follows an exit that brood did not ask for. `jitter` in
-/// [0, 1) spreads restarts of many instances (±10% of the delay).
+/// Decide what follows an exit that brood did not ask for (or a stop for a
+/// failed readiness or health check: `failed` forced). `jitter` in [0, 1)
+/// spreads restarts of many instances (±10% of the delay).
+///
+/// The budget counts what users mean by a crash loop: restarts in a row, a
+/// run that stays up for the whole window starting the count again (pm2's
+/// `min_uptime`, supervisord's `startsecs`). `max_restarts = 3` allows 3
+/// restarts (4 runs); the next failure is fatal, however long the backoff
+/// has grown (a count of restarts *within* the window could never be
+/// reached once the delays outgrow it).
 pub fn on_unrequested_exit(
     slot: &mut Budget,
     policy: &Policy,
     status: Option<ExitStatus>,
+    failed: bool,
     ran_for: Duration,
-    now: Instant,
+    _now: Instant,
     jitter: f64,
 ) -> Decision {
-    let failed = status.is_none_or(|s| !s.success());
+    let failed = failed || status.is_none_or(|s| !s.success());
     // An instance that stayed up past the window earned a fresh start.
     if ran_for >= policy.window {
         slot.attempt = 0;
-        slot.recent_restarts.clear();
     }
     let wanted = match policy.restart {
         RestartPolicy::Always => true,
@@ -80,28 +92,20 @@ pub fn on_unrequested_exit(
         slot.attempt = 0;
         return Decision::StayDown;
     }
-    while slot
-        .recent_restarts
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) > policy.window)
-    {
-        slot.recent_restarts.pop_front();
-    }
-    if slot.recent_restarts.len() as u32 >= policy.max_restarts {
+    if slot.attempt >= policy.max_restarts {
         let what = match status {
             Some(s) => s.describe(),
             None => "could not start".to_string(),
         };
         return Decision::Fatal {
             reason: format!(
-                "{what}; {} restarts within {}s",
-                slot.recent_restarts.len(),
+                "{what}; {} restarts in a row, none up for {}s",
+                slot.attempt,
                 policy.window.as_secs_f64()
             ),
         };
     }
     slot.attempt += 1;
-    slot.recent_restarts.push_back(now);
     slot.restarts += 1;
     let exp = (slot.attempt - 1).min(30) as i32;
     let base = policy.backoff_initial.as_secs_f64() * 2f64.powi(exp);
@@ -144,6 +148,8 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             max_restarts,
             window: Duration::from_secs(60),
+            ready_check: false,
+            health_failures: 3,
         }
     }
 
@@ -161,7 +167,7 @@ mod tests {
         let now = Instant::now();
         let mut delays = Vec::new();
         for i in 0..3 {
-            match on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5) {
+            match on_unrequested_exit(&mut s, &p, FAIL, false, Duration::ZERO, now, 0.5) {
                 Decision::Restart { delay, attempt } => {
                     assert_eq!(attempt, i + 1);
                     delays.push(delay);
@@ -171,7 +177,7 @@ mod tests {
         }
         assert_eq!(delays, [100, 200, 400].map(Duration::from_millis));
         assert!(matches!(
-            on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5),
+            on_unrequested_exit(&mut s, &p, FAIL, false, Duration::ZERO, now, 0.5),
             Decision::Fatal { .. }
         ));
     }
@@ -183,6 +189,7 @@ mod tests {
             &mut s,
             &policy(RestartPolicy::OnFailure, 3),
             OK,
+            false,
             Duration::ZERO,
             Instant::now(),
             0.0,
@@ -198,6 +205,7 @@ mod tests {
             &mut s,
             &policy(RestartPolicy::Always, 3),
             OK,
+            false,
             Duration::ZERO,
             now,
             0.0,
@@ -208,6 +216,7 @@ mod tests {
             &mut s,
             &policy(RestartPolicy::Never, 3),
             FAIL,
+            false,
             Duration::ZERO,
             now,
             0.0,
@@ -223,7 +232,7 @@ mod tests {
         let mut last = Duration::ZERO;
         for _ in 0..10 {
             if let Decision::Restart { delay, .. } =
-                on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.99)
+                on_unrequested_exit(&mut s, &p, FAIL, false, Duration::ZERO, now, 0.99)
             {
                 assert!(delay <= Duration::from_secs(1));
                 assert!(delay >= last.min(Duration::from_millis(900)));
@@ -238,9 +247,9 @@ mod tests {
         let p = policy(RestartPolicy::OnFailure, 2);
         let mut s = slot();
         let now = Instant::now();
-        on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5);
-        on_unrequested_exit(&mut s, &p, FAIL, Duration::ZERO, now, 0.5);
-        let d = on_unrequested_exit(&mut s, &p, FAIL, Duration::from_secs(61), now, 0.5);
+        on_unrequested_exit(&mut s, &p, FAIL, false, Duration::ZERO, now, 0.5);
+        on_unrequested_exit(&mut s, &p, FAIL, false, Duration::ZERO, now, 0.5);
+        let d = on_unrequested_exit(&mut s, &p, FAIL, false, Duration::from_secs(61), now, 0.5);
         assert_eq!(
             d,
             Decision::Restart {
@@ -251,12 +260,62 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_loop_goes_fatal_with_the_default_budget_within_about_a_minute() {
+        let p = Policy {
+            restart: RestartPolicy::OnFailure,
+            backoff_initial: crate::config::DEFAULT_BACKOFF_INITIAL,
+            backoff_max: crate::config::DEFAULT_BACKOFF_MAX,
+            max_restarts: crate::config::DEFAULT_MAX_RESTARTS,
+            window: crate::config::DEFAULT_RESTART_WINDOW,
+            ready_check: false,
+            health_failures: 3,
+        };
+        let mut s = slot();
+        let now = Instant::now();
+        let mut waited = Duration::ZERO;
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            match on_unrequested_exit(&mut s, &p, FAIL, false, Duration::ZERO, now, 0.5) {
+                Decision::Restart { delay, .. } => waited += delay,
+                Decision::Fatal { reason } => {
+                    assert!(reason.contains("10 restarts in a row"), "{reason}");
+                    break;
+                }
+                d => panic!("{d:?}"),
+            }
+            assert!(runs < 100, "never fatal");
+        }
+        assert_eq!(runs, 11, "10 restarts, then fatal");
+        assert!(
+            waited < Duration::from_secs(90),
+            "fatal after {waited:?} of backoff"
+        );
+    }
+
+    #[test]
+    fn a_forced_failure_restarts_under_on_failure_even_after_a_clean_exit() {
+        let mut s = slot();
+        let d = on_unrequested_exit(
+            &mut s,
+            &policy(RestartPolicy::OnFailure, 3),
+            OK,
+            true,
+            Duration::ZERO,
+            Instant::now(),
+            0.0,
+        );
+        assert!(matches!(d, Decision::Restart { .. }), "{d:?}");
+    }
+
+    #[test]
     fn max_restarts_zero_is_fatal_at_first_failure() {
         let mut s = slot();
         let d = on_unrequested_exit(
             &mut s,
             &policy(RestartPolicy::OnFailure, 0),
             FAIL,
+            false,
             Duration::ZERO,
             Instant::now(),
             0.5,

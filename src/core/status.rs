@@ -17,6 +17,18 @@ pub struct InstanceStatus {
     pub uptime_ms: Option<u64>,
     pub restarts: u32,
     pub last_exit: Option<LastExit>,
+    /// Passed its readiness check; null for a program without one.
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// While health checks fail: how many in a row, and the last reason.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The last `STATUS=` sent over sd_notify.
+    #[serde(default)]
+    pub notify_status: Option<String>,
+    /// Why it is blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// How the last run ended: a code, or the signal that killed it.
@@ -73,7 +85,11 @@ pub fn render_table(rows: &[InstanceStatus]) -> String {
         let uptime = r
             .uptime_ms
             .map_or("-".to_string(), |ms| human_duration(Duration::from_millis(ms)));
-        let last = r.last_exit.as_ref().map_or("-".to_string(), LastExit::describe);
+        let last = match (&r.reason, &r.last_exit) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(e)) => e.describe(),
+            (None, None) => "-".to_string(),
+        };
         text.push_str(&format!(
             "{:<w$}  {:>7}  {:<8}  {:>9}  {:>8}  {}\n",
             r.label, pid, r.state, uptime, r.restarts, last
@@ -104,6 +120,10 @@ mod tests {
                 uptime_ms: Some(1500),
                 restarts: 2,
                 last_exit: Some(LastExit::of(ExitStatus::Code(3))),
+                ready: None,
+                health: None,
+                notify_status: None,
+                reason: None,
             },
             InstanceStatus {
                 label: "worker.10".into(),
@@ -116,6 +136,10 @@ mod tests {
                     signal: 9,
                     core: false,
                 })),
+                ready: None,
+                health: None,
+                notify_status: None,
+                reason: None,
             },
         ];
         let text = render_table(&rows);

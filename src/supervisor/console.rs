@@ -157,6 +157,10 @@ impl Supervisor {
                         uptime_ms: Some(c.uptime(now).as_millis() as u64),
                         restarts: 0,
                         last_exit: None,
+                        ready: None,
+                        health: None,
+                        notify_status: None,
+                        reason: None,
                     })
                     .collect();
                 let s = self.stats;

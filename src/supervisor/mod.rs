@@ -96,6 +96,8 @@ pub struct Stats {
 struct Shutdown {
     /// SIGKILL was sent to every group left.
     escalated: bool,
+    /// The shutdown grace's timer is set.
+    grace_armed: bool,
     /// When brood stops waiting for pipes held by strangers.
     drain_until: Option<Instant>,
 }
@@ -353,9 +355,11 @@ impl Supervisor {
             return;
         }
         log::info!("shutting down ({reason})");
+        let requested = reason.requested();
         self.events.emit(&Event::Shutdown { reason });
         self.shutdown = Some(Shutdown {
             escalated: false,
+            grace_armed: false,
             drain_until: None,
         });
         let now = Instant::now();
@@ -363,21 +367,25 @@ impl Supervisor {
             Driver::Spawn(q) => q.queued = 0,
             Driver::Run(core) => {
                 let mut actions = Vec::new();
-                core.shutdown(reason.requested(), now, &mut actions);
+                core.shutdown(requested, now, &mut actions);
                 self.execute(actions);
             }
         }
-        // Whatever the driver did not stop (spawn mode's children).
-        let mut longest = self.opts.grace;
-        let ids: Vec<ChildId> = self.children.keys().copied().collect();
+        // Children no instance owns (spawn mode's) stop at once; run mode's
+        // stop when the core says, dependents first.
+        let ids: Vec<ChildId> = self
+            .children
+            .values()
+            .filter(|c| c.instance.is_none())
+            .map(|c| c.id)
+            .collect();
         for id in ids {
             if let Some(grace) = self.children.get(&id).map(|c| self.grace_for(c.program)) {
-                longest = longest.max(grace);
                 self.stop_child(id, grace);
             }
         }
         self.stop_lingering();
-        self.timers.schedule(Timer::ShutdownGrace, now + longest);
+        self.arm_shutdown_grace(now);
         if let Some(c) = self.console.as_mut() {
             if c.open && c.pollable {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&0));
@@ -400,6 +408,35 @@ impl Supervisor {
         }
         self.stdout.close();
         self.begin_shutdown(ShutdownReason::OutputError);
+    }
+
+    /// Once every stop signal is out, SIGKILL what is left after the
+    /// longest grace. In run mode a program waiting for its dependents to
+    /// end has not had its stop signal yet: the clock starts when it has.
+    pub(super) fn arm_shutdown_grace(&mut self, now: Instant) {
+        if self
+            .shutdown
+            .as_ref()
+            .is_none_or(|sd| sd.escalated || sd.grace_armed)
+        {
+            return;
+        }
+        if let Driver::Run(core) = &self.driver {
+            if core.stops_pending() {
+                return;
+            }
+        }
+        let longest = self
+            .programs
+            .values()
+            .map(|p| p.spec.stop_timeout)
+            .max()
+            .unwrap_or_default()
+            .max(self.opts.grace);
+        self.timers.schedule(Timer::ShutdownGrace, now + longest);
+        if let Some(sd) = self.shutdown.as_mut() {
+            sd.grace_armed = true;
+        }
     }
 
     fn on_stdout_closed(&mut self) {

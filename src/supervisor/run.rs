@@ -53,9 +53,11 @@ impl Supervisor {
                     self.events.emit(&event);
                 }
                 Action::Forget(id) => self.timers.cancel(Timer::Backoff(id)),
+                Action::Shutdown(reason) => self.begin_shutdown(reason),
             }
             todo.extend(more);
         }
+        self.arm_shutdown_grace(Instant::now());
     }
 
     /// Feed one input to the core, collecting its actions.
