@@ -123,8 +123,8 @@ pub struct RunArgs {
     /// out, `all=2` sets every program (a named value wins over all).
     #[arg(short = 'c', long = "scale", value_name = "NAME=N", value_delimiter = ',')]
     pub scale: Vec<String>,
-    /// End the run when NAME has ended for good, and exit with its status
-    /// (`shutdown_on = "exit"`); `any`: when any process exits, as foreman
+    /// End the run when NAME ends (it runs once, `shutdown_on = "exit"`)
+    /// and exit with its status; `any`: when any process exits, as foreman
     /// and honcho do.
     #[arg(long = "exit-with", value_name = "NAME|any")]
     pub exit_with: Option<String>,

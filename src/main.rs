@@ -166,7 +166,12 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         None => {}
         Some("any") => exit_with_any = true,
         Some(name) => match config.programs.iter_mut().find(|p| p.spec.name == name) {
-            Some(p) => p.shutdown_on = ShutdownOn::Exit,
+            // It runs once: its first end is the run's end (a failing test
+            // restarted under a Procfile's on-failure would never end it).
+            Some(p) => {
+                p.shutdown_on = ShutdownOn::Exit;
+                p.restart = config::RestartPolicy::Never;
+            }
             None => return Err(unknown_program(name, &path, &config)),
         },
     }
