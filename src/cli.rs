@@ -247,6 +247,16 @@ pub enum CtlVerb {
         follow: bool,
         target: String,
     },
+    /// The event stream: recent events (the same JSON objects as --events,
+    /// each with its `seq`), then live ones with -f.
+    Events {
+        /// Keep printing new events.
+        #[arg(short = 'f', long = "follow")]
+        follow: bool,
+        /// Only events with this sequence number or later.
+        #[arg(long = "since", value_name = "SEQ")]
+        since: Option<u64>,
+    },
     /// Shut brood down, as `q` at its console.
     Shutdown,
 }

@@ -81,6 +81,10 @@ fn request(verb: &CtlVerb) -> Result<WireRequest, Error> {
             lines: Some(*lines as u64),
             follow: *follow,
         },
+        CtlVerb::Events { follow, since } => WireRequest::Events {
+            since: *since,
+            follow: *follow,
+        },
         CtlVerb::Shutdown => WireRequest::Shutdown,
     })
 }
@@ -235,6 +239,31 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
                         Ok(Some(line)) => {
                             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                                 print_line(&mut out, &v);
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        CtlVerb::Events { follow, .. } => {
+            for e in reply["events"].as_array().into_iter().flatten() {
+                out.line(&e.to_string());
+            }
+            if *follow {
+                let _ = stream.set_read_timeout(None);
+                while !out.closed {
+                    match read_answer(&mut reader) {
+                        Ok(Some(line)) => {
+                            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                            if v["ok"] == Value::Bool(false) {
+                                // Dropped by brood: it says why.
+                                let why = v["error"].as_str().unwrap_or("dropped");
+                                eprintln!("brood ctl: {why}");
+                                return Ok(1);
+                            }
+                            if !v.is_null() {
+                                out.line(&v.to_string());
                             }
                         }
                         Ok(None) | Err(_) => break,

@@ -11,6 +11,7 @@
 //!
 //! Lost events are reported at the end, and make the exit status 1.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,6 +28,11 @@ const QUEUE_LIMIT: usize = 4 << 20;
 /// How long brood waits at exit for a slow FIFO reader to take the rest.
 const FINAL_WAIT: Duration = Duration::from_secs(2);
 
+/// Recent events kept for `brood ctl events`: at most this many, and this
+/// many bytes.
+const RING_EVENTS: usize = 10_000;
+const RING_BYTES: usize = 4 << 20;
+
 pub struct Events {
     file: Option<File>,
     path: PathBuf,
@@ -35,6 +41,12 @@ pub struct Events {
     queue: Vec<u8>,
     lost: u64,
     first_error: Option<String>,
+    /// The sequence number the next event gets (from 1).
+    next_seq: u64,
+    /// Recent events with their sequence numbers, for `ctl events`; None
+    /// where nobody can ask (spawn mode).
+    ring: Option<VecDeque<(u64, String)>>,
+    ring_bytes: usize,
 }
 
 impl Events {
@@ -46,6 +58,9 @@ impl Events {
             queue: Vec::new(),
             lost: 0,
             first_error: None,
+            next_seq: 1,
+            ring: None,
+            ring_bytes: 0,
         }
     }
 
@@ -97,7 +112,38 @@ impl Events {
             queue: Vec::new(),
             lost: 0,
             first_error: None,
+            next_seq: 1,
+            ring: None,
+            ring_bytes: 0,
         })
+    }
+
+    /// Keep recent events for `brood ctl events` (run mode).
+    pub fn with_ring(mut self) -> Events {
+        self.ring = Some(VecDeque::new());
+        self
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The oldest sequence number still kept (`next_seq` when none is).
+    pub fn oldest_seq(&self) -> u64 {
+        self.ring
+            .as_ref()
+            .and_then(|r| r.front().map(|(s, _)| *s))
+            .unwrap_or(self.next_seq)
+    }
+
+    /// Kept events with a sequence number of `from` or more, as JSON text.
+    pub fn since(&self, from: u64) -> impl Iterator<Item = &str> {
+        self.ring
+            .iter()
+            .flatten()
+            .filter(move |(s, _)| *s >= from)
+            .map(|(_, line)| line.as_str())
     }
 
     /// The fd the loop watches for writability while lines wait.
@@ -113,21 +159,37 @@ impl Events {
     /// Emit with the time the thing happened (an exit: when it was reaped,
     /// not when the loop got round to writing it).
     pub fn emit_at(&mut self, at: SystemTime, event: &Event) {
-        if self.file.is_none() {
+        if self.file.is_none() && self.ring.is_none() {
             return;
         }
         let ts = at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let line = match serde_json::to_string(event) {
-            // `{"event":...}` becomes `{"ts":...,"event":...}`.
-            Ok(body) => format!("{{\"ts\":{ts},{}\n", &body[1..]),
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut line = match serde_json::to_string(event) {
+            // `{"event":...}` becomes `{"ts":...,"seq":...,"event":...}`.
+            Ok(body) => format!("{{\"ts\":{ts},\"seq\":{seq},{}", &body[1..]),
             Err(e) => {
                 self.lose(format!("cannot encode an event: {e}"));
                 return;
             }
         };
+        if let Some(ring) = self.ring.as_mut() {
+            self.ring_bytes += line.len();
+            ring.push_back((seq, line.clone()));
+            while ring.len() > RING_EVENTS || self.ring_bytes > RING_BYTES {
+                match ring.pop_front() {
+                    Some((_, old)) => self.ring_bytes -= old.len(),
+                    None => break,
+                }
+            }
+        }
+        if self.file.is_none() {
+            return;
+        }
+        line.push('\n');
         if self.stream {
             if self.queue.len() + line.len() > QUEUE_LIMIT {
                 self.lose("its reader is not reading".to_string());

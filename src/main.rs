@@ -181,7 +181,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
             "nothing to run: every program is scaled to 0".to_string(),
         ));
     }
-    let events = Events::for_flag(args.output.events.as_deref())?;
+    let events = Events::for_flag(args.output.events.as_deref())?.with_ring();
     let mut programs = Vec::new();
     let mut entries = Vec::new();
     let mut width = 0;

@@ -58,12 +58,20 @@ pub enum WireRequest {
         #[serde(default)]
         follow: bool,
     },
+    /// Recent events from `since` on (all kept, without it), then live
+    /// ones with `follow`.
+    Events {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        #[serde(default)]
+        follow: bool,
+    },
     Shutdown,
 }
 
 /// The verbs [`WireRequest`] knows, for the "unknown verb" message.
-const VERBS: [&str; 8] = [
-    "status", "start", "stop", "restart", "signal", "scale", "logs", "shutdown",
+const VERBS: [&str; 9] = [
+    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "shutdown",
 ];
 
 /// A validated request: what the run loop acts on.
@@ -84,6 +92,10 @@ pub enum Request {
     Logs {
         target: String,
         lines: usize,
+        follow: bool,
+    },
+    Events {
+        since: u64,
         follow: bool,
     },
     Shutdown,
@@ -145,6 +157,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             lines: lines.unwrap_or(DEFAULT_LOG_LINES).min(MAX_LOG_LINES) as usize,
             follow,
         },
+        WireRequest::Events { since, follow } => Request::Events {
+            since: since.unwrap_or(0),
+            follow,
+        },
         WireRequest::Shutdown => Request::Shutdown,
     })
 }
@@ -183,6 +199,13 @@ mod tests {
             })
         );
         assert_eq!(parse_request(br#"{"verb":"shutdown"}"#), Ok(Request::Shutdown));
+        assert_eq!(
+            parse_request(br#"{"verb":"events","since":7,"follow":true}"#),
+            Ok(Request::Events {
+                since: 7,
+                follow: true
+            })
+        );
     }
 
     #[test]

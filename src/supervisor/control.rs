@@ -32,8 +32,14 @@ struct Client {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     follow: Option<Follow>,
+    events: Option<EventFollow>,
     /// Close once `out` is written (peer finished, or refused).
     closing: bool,
+}
+
+/// A `ctl events -f` client: the next sequence number to send.
+struct EventFollow {
+    next: u64,
 }
 
 struct Follow {
@@ -106,6 +112,7 @@ impl Supervisor {
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     follow: None,
+                    events: None,
                     closing: false,
                 },
             );
@@ -227,6 +234,7 @@ impl Supervisor {
                 lines,
                 follow,
             } => self.logs(id, target, lines, follow),
+            Request::Events { since, follow } => self.events_reply(id, since, follow),
             Request::Shutdown => {
                 self.begin_shutdown(ShutdownReason::Ctl);
                 json!({"ok": true})
@@ -269,8 +277,10 @@ impl Supervisor {
         json!({"ok": true, "lines": recent})
     }
 
-    /// Send new output to every `logs -f` client.
+    /// Send new output to every `logs -f` client, and new events to every
+    /// `events -f` client.
     pub(super) fn serve_followers(&mut self) {
+        self.serve_event_followers();
         let Some(ctl) = self.control.as_ref() else { return };
         let followers: Vec<(usize, String)> = ctl
             .clients
@@ -306,6 +316,65 @@ impl Supervisor {
             if sent || client.closing {
                 self.flush_client(id);
             }
+        }
+    }
+
+    /// `ctl events`: the kept events from `since` on, and with `follow`
+    /// every later one. The snapshot and the subscription are taken in the
+    /// same turn of the loop, so nothing falls between them or comes twice.
+    fn events_reply(&mut self, id: usize, since: u64, follow: bool) -> Value {
+        let recent: Vec<Value> = self
+            .events
+            .since(since)
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let next = self.events.next_seq();
+        if follow {
+            if let Some(client) = self.control.as_mut().and_then(|c| c.clients.get_mut(&id)) {
+                client.events = Some(EventFollow { next });
+            }
+        }
+        json!({"ok": true, "events": recent})
+    }
+
+    /// Send new events to every `events -f` client. One that fell so far
+    /// behind that its next event is no longer kept, or that does not read
+    /// what it is sent, is told so and dropped.
+    fn serve_event_followers(&mut self) {
+        let oldest = self.events.oldest_seq();
+        let next = self.events.next_seq();
+        let Some(ctl) = self.control.as_mut() else { return };
+        let mut touched = Vec::new();
+        for (id, client) in ctl.clients.iter_mut() {
+            let Some(follow) = client.events.as_mut() else {
+                continue;
+            };
+            if follow.next >= next {
+                continue;
+            }
+            if follow.next < oldest || client.out.len() > MAX_PENDING {
+                let why = format!(
+                    "dropped: this client read events too slowly (missed from seq {}); reconnect with --since",
+                    follow.next
+                );
+                client.out.clear();
+                client
+                    .out
+                    .extend_from_slice(json!({"ok": false, "error": why}).to_string().as_bytes());
+                client.out.push(b'\n');
+                client.events = None;
+                client.closing = true;
+            } else {
+                for line in self.events.since(follow.next) {
+                    client.out.extend_from_slice(line.as_bytes());
+                    client.out.push(b'\n');
+                }
+                follow.next = next;
+            }
+            touched.push(*id);
+        }
+        for id in touched {
+            self.flush_client(id);
         }
     }
 
