@@ -257,6 +257,9 @@ pub enum CtlVerb {
         #[arg(long = "since", value_name = "SEQ")]
         since: Option<u64>,
     },
+    /// Re-read the config: unchanged programs keep running, changed ones
+    /// restart, new ones start, removed ones stop.
+    Reload,
     /// Shut brood down, as `q` at its console.
     Shutdown,
 }

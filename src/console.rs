@@ -11,6 +11,8 @@ pub enum Command {
     Restart(String),
     Help,
     Quit,
+    /// `R`: re-read the config (run mode).
+    Reload,
     /// Anything else, shown back to the user (escaped, shortened).
     Unknown(String),
 }
@@ -28,6 +30,7 @@ pub fn parse(line: &[u8]) -> Command {
         ("l", true) => Command::List,
         ("h" | "?", true) => Command::Help,
         ("q", true) => Command::Quit,
+        ("R", true) => Command::Reload,
         ("k", false) => Command::Kill(arg.to_string()),
         ("r", false) => Command::Restart(arg.to_string()),
         _ => Command::Unknown(shown(text)),
@@ -101,6 +104,7 @@ commands:
   l              list children
   k LABEL|PID    stop a child (it stays down until r)
   r LABEL|NAME   restart (run mode)
+  R              reload the config: changed programs restart (run mode)
   h or ?         this help
   q              shut down gracefully (so does end of input)
 ";

@@ -85,6 +85,7 @@ fn request(verb: &CtlVerb) -> Result<WireRequest, Error> {
             since: *since,
             follow: *follow,
         },
+        CtlVerb::Reload => WireRequest::Reload,
         CtlVerb::Shutdown => WireRequest::Shutdown,
     })
 }
@@ -277,6 +278,11 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
             reply["count"]
         )),
         CtlVerb::Shutdown => out.line("shutting down"),
+        CtlVerb::Reload => {
+            for (name, fate) in reply["programs"].as_object().into_iter().flatten() {
+                out.line(&format!("{name} {}", fate.as_str().unwrap_or("?")));
+            }
+        }
         _ => {
             let labels: Vec<&str> = reply["affected"]
                 .as_array()

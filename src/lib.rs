@@ -20,6 +20,7 @@ pub mod init;
 pub mod logging;
 pub mod output;
 pub mod reaper;
+pub mod run_plan;
 pub mod signals;
 pub mod spawn;
 pub mod supervisor;

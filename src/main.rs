@@ -2,16 +2,16 @@
 
 use clap::Parser;
 
-use brood::core::graph::{start_order, ShutdownOn};
 use brood::core::ids::ProgramId;
-use brood::core::policy::{Jitter, Policy};
-use brood::core::run::{ProgramEntry, Rules, RunCore};
+use brood::core::policy::Jitter;
+use brood::core::run::{start_order_of, ProgramEntry, RunCore};
 use brood::error::Error;
 use brood::events::Events;
+use brood::run_plan::{self, PlanArgs};
 use brood::{check, cli, config, control, ctl, exec, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
-use supervisor::{Driver, InstanceEnv, Options, Program, SpawnQueue, Supervisor};
+use supervisor::{Driver, Options, Program, SpawnQueue, Supervisor};
 
 /// Runs before Rust's runtime sets SIGPIPE to SIG_IGN, to record whether
 /// brood's parent had ignored it: `brood init` passes that on to its command.
@@ -135,126 +135,51 @@ fn options(args: &OutputArgs, console: bool, grace: std::time::Duration) -> Opti
 }
 
 fn run_run(args: RunArgs) -> Result<i32, Error> {
-    let path = config::locate_config(args.file.as_deref(), &args.env_files)?;
-    let mut config = config::load_run_config(&path, &args.env_files)?;
-    // Each program's place in the file sets its ports, whatever is selected.
-    let places: Vec<String> = config.programs.iter().map(|p| p.spec.name.clone()).collect();
-    if !args.names.is_empty() {
-        for name in &args.names {
-            if !config.programs.iter().any(|p| &p.spec.name == name) {
-                return Err(unknown_program(name, &path, &config));
-            }
-        }
-        // A program named brings its dependencies along (as `docker
-        // compose up web` does): without them it would wait for ever.
-        let mut wanted: Vec<String> = args.names.clone();
-        let mut i = 0;
-        while i < wanted.len() {
-            if let Some(p) = config.programs.iter().find(|p| p.spec.name == wanted[i]) {
-                for (dep, _) in &p.depends_on {
-                    if !wanted.contains(dep) {
-                        wanted.push(dep.clone());
-                    }
-                }
-            }
-            i += 1;
-        }
-        config.programs.retain(|p| wanted.contains(&p.spec.name));
-    }
-    let mut exit_with_any = false;
-    match args.exit_with.as_deref() {
-        None => {}
-        Some("any") => exit_with_any = true,
-        Some(name) => match config.programs.iter_mut().find(|p| p.spec.name == name) {
-            // It runs once: its first end is the run's end (a failing test
-            // restarted under a Procfile's on-failure would never end it).
-            Some(p) => {
-                p.shutdown_on = ShutdownOn::Exit;
-                p.restart = config::RestartPolicy::Never;
-            }
-            None => return Err(unknown_program(name, &path, &config)),
-        },
-    }
-    config::apply_scale(&mut config.programs, &args.scale, &path)?;
-    if config.programs.iter().all(|p| p.numprocs == 0) {
-        return Err(Error::usage(
-            "nothing to run: every program is scaled to 0".to_string(),
-        ));
-    }
+    let plan_args = PlanArgs {
+        file: args.file.clone(),
+        env_files: args.env_files.clone(),
+        names: args.names.clone(),
+        scale: args.scale.clone(),
+        port: args.port,
+        exit_with: args.exit_with.clone(),
+    };
+    let plan = run_plan::plan(&plan_args)?;
     let events = Events::for_flag(args.output.events.as_deref())?.with_ring();
-    let mut programs = Vec::new();
-    let mut entries = Vec::new();
-    let mut width = 0;
-    let mut grace = std::time::Duration::ZERO;
-    // foreman's and honcho's convention: -p, else PORT from the env files,
-    // else from the environment, else 5000, is the base; each program's
-    // instances count up from base + 100 * its place in the file.
-    let base = match (args.port, config.port_base) {
-        (Some(p), _) => u64::from(p),
-        (None, Some(p)) => u64::from(p),
-        (None, None) => config::port_from_environment(std::env::var_os("PORT").as_deref())?,
-    };
-    let port_bases = config::port_bases(&config.programs, &places, base)?;
-    let running: Vec<&config::RunProgram> = config.programs.iter().filter(|p| p.numprocs > 0).collect();
-    let id_of = |name: &str| {
-        running
-            .iter()
-            .position(|p| p.spec.name == name)
-            .map(|i| ProgramId(i as u32))
-    };
-    for (p, port_base) in running.iter().zip(port_bases) {
-        let id = ProgramId(programs.len() as u32);
-        width = width.max(p.spec.name.len() + 1 + p.numprocs.to_string().len());
-        grace = grace.max(p.spec.stop_timeout);
-        let entry = ProgramEntry {
-            name: p.spec.name.clone(),
-            policy: Policy::of(p),
-            // A dependency scaled to 0 is not there to wait for.
-            deps: p
-                .depends_on
-                .iter()
-                .filter_map(|(d, c)| Some((id_of(d)?, *c)))
-                .collect(),
-            shutdown_on: p.shutdown_on,
-        };
-        entries.push((id, entry, u64::from(p.numprocs)));
-        programs.push((
-            id,
-            Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
-        ));
-    }
+    let (width, grace) = (plan.width(), plan.grace());
     let console = args.interactive || stdin_is_foreground_tty();
     let opts = options(&args.output, console, grace);
-    let control = control::socket::bind_for_run(&path, args.socket.as_deref())?
-        .map(|bound| supervisor::ControlServer::new(bound, programs.iter().map(|(id, _)| *id)));
-    let names: Vec<String> = entries.iter().map(|(_, e, _)| e.name.clone()).collect();
-    let deps: Vec<Vec<usize>> = entries
-        .iter()
-        .map(|(_, e, _)| e.deps.iter().map(|(d, _)| d.0 as usize).collect())
-        .collect();
-    let order = start_order(&names, &deps)
-        .map_err(|cycle| Error::usage(format!("depends_on cycle: {}", cycle.join(" -> "))))?
-        .into_iter()
-        .map(|i| ProgramId(i as u32))
-        .collect();
-    let rules = Rules {
-        strategy: config.supervisor.strategy,
-        max_restarts: config.supervisor.max_restarts,
-        window: config.supervisor.restart_window,
-        exit_with_any,
+    let ids: Vec<ProgramId> = (0..plan.programs.len() as u32).map(ProgramId).collect();
+    let control = control::socket::bind_for_run(&plan.path, args.socket.as_deref())?
+        .map(|bound| supervisor::ControlServer::new(bound, ids.iter().copied()));
+    let id_of = |name: &str| {
+        plan.programs
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| ProgramId(i as u32))
     };
+    let mut entries = Vec::new();
+    let mut fingerprints = Vec::new();
+    for (id, p) in ids.iter().zip(&plan.programs) {
+        let entry = ProgramEntry {
+            name: p.name.clone(),
+            policy: p.policy.clone(),
+            deps: p.deps.iter().filter_map(|(d, c)| Some((id_of(d)?, *c))).collect(),
+            shutdown_on: p.shutdown_on,
+        };
+        entries.push((*id, entry, u64::from(p.numprocs)));
+        fingerprints.push((*id, p.fingerprint.clone(), p.numprocs));
+    }
+    let order = start_order_of(&entries)?;
+    let run_plan::RunPlan { programs, rules, .. } = plan;
+    let programs: Vec<(ProgramId, Program)> = ids
+        .into_iter()
+        .zip(programs.into_iter().map(|p| p.program))
+        .collect();
     let driver = Driver::Run(RunCore::new(entries, order, rules, Jitter::seeded()));
-    let outcome = Supervisor::new(programs, opts, driver, events, width, control)?.run();
+    let outcome = Supervisor::new(programs, opts, driver, events, width, control)?
+        .with_reload(plan_args, fingerprints)
+        .run();
     Ok(outcome.code)
-}
-
-fn unknown_program(name: &str, path: &std::path::Path, config: &config::RunConfig) -> Error {
-    let known: Vec<&str> = config.programs.iter().map(|p| p.spec.name.as_str()).collect();
-    Error::usage(format!(
-        "no program '{name}' in {} (it has: {})",
-        path.display(),
-        known.join(", ")
-    ))
 }
 
 fn run_init(args: InitArgs) -> Result<i32, Error> {

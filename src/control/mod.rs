@@ -66,12 +66,14 @@ pub enum WireRequest {
         #[serde(default)]
         follow: bool,
     },
+    /// Re-read the config file.
+    Reload,
     Shutdown,
 }
 
 /// The verbs [`WireRequest`] knows, for the "unknown verb" message.
-const VERBS: [&str; 9] = [
-    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "shutdown",
+const VERBS: [&str; 10] = [
+    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "reload", "shutdown",
 ];
 
 /// A validated request: what the run loop acts on.
@@ -98,6 +100,7 @@ pub enum Request {
         since: u64,
         follow: bool,
     },
+    Reload,
     Shutdown,
 }
 
@@ -161,6 +164,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             since: since.unwrap_or(0),
             follow,
         },
+        WireRequest::Reload => Request::Reload,
         WireRequest::Shutdown => Request::Shutdown,
     })
 }

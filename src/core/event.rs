@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 
 use super::graph::Strategy;
 use super::instance::ReadyBy;
+use super::run::Fate;
 use crate::reaper::ExitStatus;
 use crate::signals;
 
@@ -88,6 +89,10 @@ pub enum Event {
     Escalate {
         kind: Strategy,
         reason: String,
+    },
+    /// `brood ctl reload`: each program's fate.
+    Reload {
+        programs: std::collections::BTreeMap<String, Fate>,
     },
     Summary {
         spawned: u64,

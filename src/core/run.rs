@@ -10,7 +10,7 @@
 //! one instance under the `one_for_all` and `rest_for_one` strategies; the
 //! supervisor-wide budget escalates; `shutdown_on` ends the run.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::event::{Event, ShutdownReason};
@@ -66,11 +66,44 @@ pub struct RunCore {
     /// Blocked programs and the reason already reported.
     blocked: HashMap<ProgramId, String>,
     /// Stops waiting for the dependents of their program to end first
-    /// (shutdown, and a strategy's restarts).
+    /// (shutdown, a strategy's restarts, a reload's), and every program of
+    /// the operation: a program waits only for dependents that are part of
+    /// it.
     wave: Vec<(ProgramId, Input)>,
+    wave_members: BTreeSet<ProgramId>,
     /// The run's exit status, once a `shutdown_on` program (or an
     /// escalation) decided it.
     exit_status: Option<i32>,
+    /// Programs a reload removed: their instances stop and are forgotten.
+    retired: BTreeSet<ProgramId>,
+}
+
+impl Fate {
+    pub fn word(self) -> &'static str {
+        match self {
+            Fate::Unchanged => "unchanged",
+            Fate::Restarted => "restarted",
+            Fate::Started => "started",
+            Fate::Stopped => "stopped",
+            Fate::Scaled => "scaled",
+        }
+    }
+}
+
+/// What a reload does to a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    /// Same settings: its processes are left alone.
+    Unchanged,
+    /// New settings: stopped and started again with them.
+    Restarted,
+    /// New in the config.
+    Started,
+    /// Gone from the config: stopped and forgotten.
+    Stopped,
+    /// Only its number of instances changed.
+    Scaled,
 }
 
 impl RunCore {
@@ -93,7 +126,9 @@ impl RunCore {
             shutdown: None,
             blocked: HashMap::new(),
             wave: Vec::new(),
+            wave_members: BTreeSet::new(),
             exit_status: None,
+            retired: BTreeSet::new(),
         };
         let mut counts = HashMap::new();
         for (id, entry, count) in programs {
@@ -308,7 +343,8 @@ impl RunCore {
         let mut still = Vec::new();
         for (program, input) in pending {
             let dependents_live = self.programs.iter().any(|(q, e)| {
-                e.deps.iter().any(|(d, _)| *d == program)
+                self.wave_members.contains(q)
+                    && e.deps.iter().any(|(d, _)| *d == program)
                     && self.instances.values().any(|i| i.program == *q && i.live())
             });
             let ids: Vec<InstanceId> = self
@@ -329,7 +365,23 @@ impl RunCore {
         }
         still.append(&mut self.wave);
         self.wave = still;
+        if self.wave.is_empty() && self.shutdown.is_none() {
+            self.wave_members.clear();
+        }
         progress
+    }
+
+    /// Queue ordered stops (dependents first) of `programs` with `input`.
+    fn queue_wave(&mut self, programs: &[ProgramId], input: Input) {
+        // Dependents are later in start order: queue in reverse.
+        let mut sorted: Vec<ProgramId> = programs.to_vec();
+        sorted.sort_by_key(|p| std::cmp::Reverse(self.order.iter().position(|q| q == p)));
+        for p in sorted {
+            self.wave_members.insert(p);
+            if !self.wave.iter().any(|(q, _)| *q == p) {
+                self.wave.push((p, input.clone()));
+            }
+        }
     }
 
     /// A policy restart: count it against the supervisor-wide budget, and
@@ -378,12 +430,7 @@ impl RunCore {
                 inst.ready_once = false;
             }
         }
-        // Dependents first: later in start order, so queued in reverse.
-        for p in restarting.iter().rev() {
-            if !self.wave.iter().any(|(q, _)| q == p) {
-                self.wave.push((*p, Input::Requeue));
-            }
-        }
+        self.queue_wave(&restarting, Input::Requeue);
     }
 
     /// A program whose end ends the run (`shutdown_on`), once it has ended
@@ -442,8 +489,82 @@ impl RunCore {
     pub fn program_named(&self, name: &str) -> Option<ProgramId> {
         self.programs
             .iter()
-            .find(|(_, p)| p.name == name)
+            .find(|(id, p)| p.name == name && !self.retired.contains(id))
             .map(|(id, _)| *id)
+    }
+
+    /// `brood ctl reload`: apply a new config, program by program.
+    /// `changes` holds every program of the new config with its entry, its
+    /// number of instances and its fate (new programs with fresh ids);
+    /// programs of the running config that are not in it are stopped and
+    /// forgotten. Changed programs restart in order (dependents first, then
+    /// started as their dependencies allow).
+    pub fn reload(
+        &mut self,
+        changes: Vec<(ProgramId, ProgramEntry, u64, Fate)>,
+        order: Vec<ProgramId>,
+        rules: Rules,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        if self.shutting_down() {
+            return Err("shutting down".into());
+        }
+        let keep: BTreeSet<ProgramId> = changes.iter().map(|(id, ..)| *id).collect();
+        let removed: Vec<ProgramId> = self
+            .programs
+            .keys()
+            .filter(|id| !keep.contains(id) && !self.retired.contains(id))
+            .copied()
+            .collect();
+        self.order = order;
+        self.rules = rules;
+        let mut restart = Vec::new();
+        for (id, entry, count, fate) in changes {
+            let name = entry.name.clone();
+            match fate {
+                Fate::Unchanged => {}
+                Fate::Scaled => {
+                    self.programs.insert(id, entry);
+                    self.scale(&name, count, now, out)?;
+                }
+                Fate::Restarted => {
+                    self.programs.insert(id, entry);
+                    self.blocked.remove(&id);
+                    for inst in self.instances.values_mut().filter(|i| i.program == id) {
+                        inst.started_once = false;
+                        inst.ready_once = false;
+                    }
+                    // New instances start with the new settings at once;
+                    // those that run restart in order.
+                    self.scale(&name, count, now, out)?;
+                    restart.push(id);
+                }
+                Fate::Started => {
+                    self.programs.insert(id, entry);
+                    for n in 1..=count {
+                        let iid = self.add_instance(id, &name, n);
+                        self.apply(iid, Input::Start, now, out);
+                    }
+                }
+                Fate::Stopped => {}
+            }
+        }
+        for id in removed {
+            self.retired.insert(id);
+            let ids: Vec<InstanceId> = self
+                .instances
+                .values()
+                .filter(|i| i.program == id)
+                .map(|i| i.id)
+                .collect();
+            for iid in ids {
+                self.apply(iid, Input::Remove, now, out);
+            }
+        }
+        self.queue_wave(&restart, Input::Restart);
+        self.settle(now, out);
+        Ok(())
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -552,9 +673,9 @@ impl RunCore {
         self.shutdown = Some(requested);
         // A strategy's pending restarts are moot.
         self.wave.clear();
-        for p in self.order.iter().rev() {
-            self.wave.push((*p, Input::Shutdown));
-        }
+        self.wave_members.clear();
+        let all = self.order.clone();
+        self.queue_wave(&all, Input::Shutdown);
         // Nothing that is not running waits for anything.
         let idle: Vec<InstanceId> = self
             .instances
@@ -633,6 +754,25 @@ impl RunCore {
             })
             .collect()
     }
+}
+
+/// The start order of these programs: dependencies first, then as given.
+pub fn start_order_of(
+    entries: &[(ProgramId, ProgramEntry, u64)],
+) -> Result<Vec<ProgramId>, crate::error::Error> {
+    let index: HashMap<ProgramId, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _, _))| (*id, i))
+        .collect();
+    let names: Vec<String> = entries.iter().map(|(_, e, _)| e.name.clone()).collect();
+    let deps: Vec<Vec<usize>> = entries
+        .iter()
+        .map(|(_, e, _)| e.deps.iter().filter_map(|(d, _)| index.get(d).copied()).collect())
+        .collect();
+    let order = super::graph::start_order(&names, &deps)
+        .map_err(|cycle| crate::error::Error::usage(format!("depends_on cycle: {}", cycle.join(" -> "))))?;
+    Ok(order.into_iter().map(|i| entries[i].0).collect())
 }
 
 /// A program's status once every instance has ended: 1 if one went fatal

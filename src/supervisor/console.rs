@@ -113,6 +113,17 @@ impl Supervisor {
                 }
                 None => self.say(&format!("no running child '{target}' (l lists them)")),
             },
+            Command::Reload if run => match self.reload() {
+                Ok(fates) => {
+                    let text: Vec<String> = fates
+                        .iter()
+                        .map(|(name, fate)| format!("{name} {}", fate.word()))
+                        .collect();
+                    self.say(&format!("reloaded: {}", text.join(", ")));
+                }
+                Err(e) => self.say(&format!("reload refused: {e}")),
+            },
+            Command::Reload => self.say("R reloads the config in run mode"),
             Command::Restart(_) => self.say("r restarts programs in run mode; here, press Enter to spawn"),
             Command::Unknown(text) => self.say(&format!("unknown command '{text}' (h for help)")),
         }

@@ -235,6 +235,10 @@ impl Supervisor {
                 follow,
             } => self.logs(id, target, lines, follow),
             Request::Events { since, follow } => self.events_reply(id, since, follow),
+            Request::Reload => match self.reload() {
+                Ok(fates) => json!({"ok": true, "programs": fates}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
             Request::Shutdown => {
                 self.begin_shutdown(ShutdownReason::Ctl);
                 json!({"ok": true})

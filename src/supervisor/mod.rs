@@ -158,6 +158,8 @@ pub struct Supervisor {
     output_error: Option<String>,
     /// A batch was stopped by its reader going away before it was done.
     cut_short: bool,
+    /// Run mode: how to plan the run again (`ctl reload`).
+    reload: Option<run::ReloadState>,
 }
 
 impl Supervisor {
@@ -245,6 +247,7 @@ impl Supervisor {
             control,
             output_error: None,
             cut_short: false,
+            reload: None,
         })
     }
 

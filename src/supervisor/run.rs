@@ -2,16 +2,19 @@
 //! spawns, timers, user requests) and executing the actions it returns.
 //! No decision is made here; they are all in `crate::core`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{Driver, Supervisor};
+use crate::control::ring::Ring;
 use crate::core::event::Event;
-use crate::core::ids::InstanceId;
+use crate::core::ids::{InstanceId, ProgramId};
 use crate::core::instance::{Action, Input};
+use crate::core::run::{start_order_of, Fate, ProgramEntry};
 use crate::core::status::InstanceStatus;
 use crate::core::timers::Timer;
 use crate::reaper::ExitStatus;
+use crate::run_plan::{self, PlanArgs};
 
 impl Supervisor {
     /// Carry out the core's actions, and those that follow from them (a
@@ -137,5 +140,114 @@ impl Supervisor {
             Driver::Run(core) => core.snapshot(Instant::now()),
             Driver::Spawn(_) => Vec::new(),
         }
+    }
+}
+
+/// What `brood ctl reload` needs: the arguments to plan the run again, and
+/// what each running program was planned from.
+pub struct ReloadState {
+    args: PlanArgs,
+    /// By name: the program's id, its settings' fingerprint and numprocs.
+    programs: HashMap<String, (ProgramId, String, u32)>,
+    next_id: u32,
+}
+
+impl Supervisor {
+    /// Run mode: remember how the run was planned, for reload.
+    pub fn with_reload(mut self, args: PlanArgs, planned: Vec<(ProgramId, String, u32)>) -> Supervisor {
+        let next_id = planned.iter().map(|(id, ..)| id.0 + 1).max().unwrap_or(0);
+        let programs = planned
+            .into_iter()
+            .filter_map(|(id, fp, n)| Some((self.programs.get(&id)?.name.clone(), (id, fp, n))))
+            .collect();
+        self.reload = Some(ReloadState {
+            args,
+            programs,
+            next_id,
+        });
+        self
+    }
+
+    /// `brood ctl reload`, console `R`: read the config again and apply
+    /// what changed. An invalid config changes nothing.
+    pub(super) fn reload(&mut self) -> Result<BTreeMap<String, Fate>, String> {
+        if self.shutdown.is_some() {
+            return Err("shutting down".into());
+        }
+        let Some(state) = self.reload.as_mut() else {
+            return Err("reload works in run mode".into());
+        };
+        let plan = run_plan::plan(&state.args).map_err(|e| e.message)?;
+        let mut fates = BTreeMap::new();
+        let mut ids: HashMap<String, ProgramId> = HashMap::new();
+        let mut known = HashMap::new();
+        for p in &plan.programs {
+            let (id, fate) = match state.programs.get(&p.name) {
+                Some((id, fp, n)) if *fp == p.fingerprint && *n == p.numprocs => (*id, Fate::Unchanged),
+                Some((id, fp, _)) if *fp == p.fingerprint => (*id, Fate::Scaled),
+                Some((id, ..)) => (*id, Fate::Restarted),
+                None => {
+                    let id = ProgramId(state.next_id);
+                    state.next_id += 1;
+                    (id, Fate::Started)
+                }
+            };
+            ids.insert(p.name.clone(), id);
+            fates.insert(p.name.clone(), fate);
+            known.insert(p.name.clone(), (id, p.fingerprint.clone(), p.numprocs));
+        }
+        for name in state.programs.keys() {
+            if !ids.contains_key(name) {
+                fates.insert(name.clone(), Fate::Stopped);
+            }
+        }
+        let mut changes = Vec::new();
+        let mut images = Vec::new();
+        for p in plan.programs {
+            let id = ids[&p.name];
+            let fate = fates[&p.name];
+            let entry = ProgramEntry {
+                name: p.name.clone(),
+                policy: p.policy,
+                deps: p
+                    .deps
+                    .iter()
+                    .filter_map(|(d, c)| Some((*ids.get(d)?, *c)))
+                    .collect(),
+                shutdown_on: p.shutdown_on,
+            };
+            changes.push((id, entry, u64::from(p.numprocs), fate));
+            if matches!(fate, Fate::Restarted | Fate::Started) {
+                images.push((id, p.program));
+            }
+        }
+        let order = start_order_of(
+            &changes
+                .iter()
+                .map(|(id, e, n, _)| (*id, e.clone(), *n))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| e.message)?;
+        let Driver::Run(core) = &mut self.driver else {
+            return Err("reload works in run mode".into());
+        };
+        let mut actions = Vec::new();
+        // Images first: the core's actions spawn with them.
+        for (id, program) in images {
+            self.programs.insert(id, program);
+            if let Some(ctl) = self.control.as_mut() {
+                ctl.rings.entry(id).or_insert_with(Ring::default);
+            }
+        }
+        core.reload(changes, order, plan.rules, Instant::now(), &mut actions)?;
+        self.width = self.width.max(core.label_width());
+        state.programs = known;
+        let summary: Vec<String> = fates.iter().map(|(n, f)| format!("{n} {}", f.word())).collect();
+        log::info!("reloaded {}: {}", plan.path.display(), summary.join(", "));
+        self.events.emit(&Event::Reload {
+            programs: fates.clone(),
+        });
+        self.execute(actions);
+        Ok(fates)
     }
 }
