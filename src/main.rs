@@ -175,7 +175,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         .into_iter()
         .zip(programs.into_iter().map(|p| p.program))
         .collect();
-    let driver = Driver::Run(RunCore::new(entries, order, rules, Jitter::seeded()));
+    let driver = Driver::Run(Box::new(RunCore::new(entries, order, rules, Jitter::seeded())));
     let outcome = Supervisor::new(programs, opts, driver, events, width, control)?
         .with_reload(plan_args, fingerprints)
         .run();

@@ -81,7 +81,7 @@ pub enum Driver {
     /// `brood spawn`: a queue of spawn requests with a counter.
     Spawn(SpawnQueue),
     /// `brood run`: instances of programs, kept up by the run core.
-    Run(RunCore),
+    Run(Box<RunCore>),
 }
 
 #[derive(Default, Debug, Clone, Copy)]
