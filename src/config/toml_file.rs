@@ -57,6 +57,14 @@ struct Program {
     #[serde(default)]
     depends_on: BTreeMap<String, Spanned<String>>,
     shutdown_on: Option<Spanned<String>>,
+    // Process attributes and stdin (SPEC 17), checked in `attrs`.
+    user: Option<Spanned<toml::Value>>,
+    group: Option<Spanned<toml::Value>>,
+    umask: Option<Spanned<toml::Value>>,
+    nice: Option<Spanned<toml::Value>>,
+    rlimits: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    clear_env: Option<bool>,
+    stdin: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +113,21 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             ));
         }
         let prog = table.into_inner();
+        let attrs = super::attrs::from_toml(
+            super::attrs::TomlAttrs {
+                user: prog.user,
+                group: prog.group,
+                umask: prog.umask,
+                nice: prog.nice,
+                rlimits: prog.rlimits,
+                clear_env: prog.clear_env,
+                stdin: prog.stdin,
+            },
+            &name,
+            path,
+            text,
+            &err,
+        )?;
         let (program, args) = match (prog.command, prog.shell) {
             (Some(_), Some(s)) => {
                 return Err(err(
@@ -301,6 +324,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                     stop_signal,
                     stop_timeout,
                     counter_arg: false,
+                    attrs,
                 },
                 numprocs,
                 restart,
