@@ -273,12 +273,12 @@ fn systemd_attrs(name: &str, attrs: &ProcessAttrs, flag_user: Option<&str>) -> R
     if let Some(nice) = nice {
         lines.push(format!("Nice={nice}"));
     }
-    for (resource, limit) in rlimits {
+    for l in rlimits {
         let key = config::RLIMITS
             .iter()
-            .find(|(_, r, _)| r == resource)
+            .find(|(_, r, _)| *r == l.resource)
             .map_or("", |(_, _, key)| key);
-        lines.push(format!("{key}={}", systemd_limit(limit)));
+        lines.push(format!("{key}={}", systemd_limit(&l.limit)));
     }
     if *clear_env {
         lines.push(
@@ -513,7 +513,7 @@ fn kubernetes_security(name: &str, attrs: &ProcessAttrs) -> Result<Vec<String>, 
             "umask = \"{mask:03o}\" has no equivalent in a Deployment (set it in the image's entrypoint)"
         ));
     }
-    if let Some((resource, _)) = rlimits.first() {
+    if let Some(config::RlimitSpec { resource, .. }) = rlimits.first() {
         return refuse(format!(
             "rlimits.{} has no equivalent in a Deployment (containers take the runtime's limits; use resources for memory and cpu)",
             config::rlimit_name(*resource)

@@ -59,6 +59,15 @@ pub struct Limit {
     pub hard: Option<u64>,
 }
 
+/// One entry of `rlimits`: the RLIMIT_* resource, its limit, and where it
+/// was written.
+#[derive(Clone, Debug)]
+pub struct RlimitSpec {
+    pub resource: libc::c_int,
+    pub limit: Limit,
+    pub at: String,
+}
+
 /// The `rlimits` names brood knows: config name, RLIMIT_* constant and
 /// systemd's `Limit*=` key.
 pub const RLIMITS: &[(&str, libc::c_int, &str)] = &[
@@ -100,7 +109,7 @@ pub struct ProcessAttrs {
     pub umask: Option<u32>,
     pub nice: Option<i32>,
     /// In the order of [`RLIMITS`], each name once.
-    pub rlimits: Vec<(libc::c_int, Limit)>,
+    pub rlimits: Vec<RlimitSpec>,
     /// Start from an empty environment instead of brood's.
     pub clear_env: bool,
     pub stdin: StdinMode,
@@ -226,9 +235,13 @@ pub fn from_toml(
         };
         let limit = parse_limit(v.into_inner())
             .map_err(|why| err(offset, &format!("program '{name}': rlimits.{key}: {why}")))?;
-        rlimits.push((resource, limit));
+        rlimits.push(RlimitSpec {
+            resource,
+            limit,
+            at: at(offset),
+        });
     }
-    rlimits.sort_by_key(|(r, _)| RLIMITS.iter().position(|(_, x, _)| x == r));
+    rlimits.sort_by_key(|l| RLIMITS.iter().position(|(_, x, _)| *x == l.resource));
     let stdin = match raw.stdin {
         None => StdinMode::Pipe,
         Some(s) => match s.get_ref().as_str() {
@@ -450,7 +463,7 @@ impl ProcessAttrs {
         if nix::unistd::geteuid().is_root() {
             return Ok(());
         }
-        for (resource, limit) in &self.rlimits {
+        for RlimitSpec { resource, limit, at } in &self.rlimits {
             let mut current = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
@@ -462,7 +475,7 @@ impl ProcessAttrs {
             let wanted = limit.hard.unwrap_or(libc::RLIM_INFINITY);
             if wanted > current.rlim_max {
                 return Err(Error::usage(format!(
-                    "program '{program}': rlimits.{} asks for a hard limit of {} above brood's ({}): raising it needs root",
+                    "{at}: program '{program}': rlimits.{} asks for a hard limit of {} above brood's ({}): raising it needs root",
                     rlimit_name(*resource),
                     limit.hard.map_or("infinity".to_string(), |h| h.to_string()),
                     current.rlim_max

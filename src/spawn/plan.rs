@@ -79,12 +79,12 @@ impl Attrs {
             rlimits: attrs
                 .rlimits
                 .iter()
-                .map(|(r, l)| {
+                .map(|l| {
                     (
-                        *r,
+                        l.resource,
                         libc::rlimit {
-                            rlim_cur: value(l.soft),
-                            rlim_max: value(l.hard),
+                            rlim_cur: value(l.limit.soft),
+                            rlim_max: value(l.limit.hard),
                         },
                     )
                 })
