@@ -14,7 +14,9 @@ use std::time::Duration;
 use crate::core::graph::{Condition, ShutdownOn, Strategy};
 use crate::error::Error;
 
-pub use attrs::{rlimit_name, Credentials, IdSpec, IdValue, Limit, ProcessAttrs, RlimitSpec, StdinMode, RLIMITS};
+pub use attrs::{
+    rlimit_name, Credentials, IdSpec, IdValue, Limit, ProcessAttrs, RlimitSpec, StdinMode, RLIMITS,
+};
 pub use dotenv::load_env_file;
 
 /// The longest duration brood accepts anywhere (a timeout, a backoff, a
