@@ -48,7 +48,8 @@ pub struct SpawnContext {
     pub pdeathsig: Option<libc::c_int>,
     pub parent_pid: libc::pid_t,
     pub max_fd: libc::c_int,
-    /// Opened once: the children's stdin.
+    /// Opened once: the children's stdin, unless their image asks for a
+    /// pipe (`brood run`) or init mode passes its own on.
     pub dev_null: Option<OwnedFd>,
     /// The stack the child runs on until it execs. One is enough: with
     /// CLONE_VFORK brood waits until the child is done with it.
