@@ -17,7 +17,14 @@ pub fn run(args: CheckArgs) -> Result<i32, Error> {
     for p in &config.programs {
         let spec = &p.spec;
         // What `brood run` checks before it starts anything.
-        plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
+        let attrs = plan::Attrs::resolve(&spec.attrs, &spec.name)?;
+        plan::Image::with_attrs(
+            &spec.program,
+            &spec.env,
+            spec.cwd.as_deref(),
+            spec.attrs.clear_env,
+            attrs,
+        )?;
         plan::build_argv(&spec.program, &spec.args, Some(1), spec.counter_arg)?;
         let words: Vec<String> = std::iter::once(&spec.program)
             .chain(&spec.args)

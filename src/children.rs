@@ -64,6 +64,9 @@ pub struct Child {
     pub killed: bool,
     /// The run-mode instance this child is a run of.
     pub instance: Option<InstanceId>,
+    /// The write end of its stdin pipe, held (never written) until the
+    /// child is reaped.
+    pub stdin: Option<OwnedFd>,
 }
 
 impl Child {

@@ -9,7 +9,9 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, ProgramSpec, RestartPolicy, RunConfig, RunProgram};
+use crate::config::{
+    self, IdSpec, IdValue, Limit, ProcessAttrs, ProgramSpec, RestartPolicy, RunConfig, RunProgram,
+};
 use crate::core::graph::{Condition, ShutdownOn};
 use crate::error::Error;
 
@@ -149,12 +151,14 @@ fn systemd_service(
         stop_signal,
         stop_timeout,
         counter_arg,
+        attrs,
     } = spec;
     if *counter_arg {
         return Err(Error::usage(format!(
             "program '{name}': an appended counter argument has no equivalent in a unit (write {{n}} where it goes)"
         )));
     }
+    let attr_lines = systemd_attrs(name, attrs, opts.user.as_deref())?;
     let unit = format!("{app}-{name}@.service");
     let instances = (1..=*numprocs)
         .map(|i| format!("{app}-{name}@{i}.service"))
@@ -193,8 +197,8 @@ fn systemd_service(
     }
     let _ = writeln!(out, "\n[Service]");
     let _ = writeln!(out, "Type=simple");
-    if let Some(user) = &opts.user {
-        let _ = writeln!(out, "User={user}");
+    for line in attr_lines {
+        let _ = writeln!(out, "{line}");
     }
     if let Some(cwd) = cwd {
         let _ = writeln!(
@@ -229,6 +233,79 @@ fn systemd_service(
     let _ = writeln!(out, "TimeoutStopSec={}", secs(*stop_timeout));
     let _ = writeln!(out, "\n[Install]\nWantedBy={app}.target");
     Ok((unit, out, instances))
+}
+
+/// The unit lines for a program's process attributes (and `--user`).
+fn systemd_attrs(name: &str, attrs: &ProcessAttrs, flag_user: Option<&str>) -> Result<Vec<String>, Error> {
+    let ProcessAttrs {
+        user,
+        group,
+        umask,
+        nice,
+        rlimits,
+        clear_env,
+        // A unit's stdin is /dev/null (StandardInput=null), brood's old
+        // default: services do not wait on a terminal's input, and a
+        // watcher that needs an open stdin is a development tool.
+        stdin: _,
+    } = attrs;
+    let mut lines = Vec::new();
+    let user = match (flag_user, user) {
+        (Some(flag), Some(spec)) if flag != id_text(spec) => {
+            return Err(Error::usage(format!(
+                "program '{name}': user = {} in the config and --user {flag} disagree",
+                spec.value
+            )))
+        }
+        (Some(flag), _) => Some(flag.to_string()),
+        (None, spec) => spec.as_ref().map(id_text),
+    };
+    if let Some(user) = user {
+        // systemd gives User= its supplementary groups, as brood does.
+        lines.push(format!("User={user}"));
+    }
+    if let Some(group) = group {
+        lines.push(format!("Group={}", id_text(group)));
+    }
+    if let Some(mask) = umask {
+        lines.push(format!("UMask={mask:04o}"));
+    }
+    if let Some(nice) = nice {
+        lines.push(format!("Nice={nice}"));
+    }
+    for l in rlimits {
+        let key = config::RLIMITS
+            .iter()
+            .find(|(_, r, _)| *r == l.resource)
+            .map_or("", |(_, _, key)| key);
+        lines.push(format!("{key}={}", systemd_limit(&l.limit)));
+    }
+    if *clear_env {
+        lines.push(
+            "# clear_env = true: systemd starts every service with a clean environment already".to_string(),
+        );
+    }
+    Ok(lines)
+}
+
+/// `user` or `group` as the config wrote it.
+fn id_text(spec: &IdSpec) -> String {
+    match &spec.value {
+        IdValue::Name(n) => n.clone(),
+        IdValue::Id(id) => id.to_string(),
+    }
+}
+
+/// `N`, `SOFT:HARD` or `infinity`, as systemd's Limit*= read them (bytes,
+/// seconds for CPU, microseconds for RTTIME, raw values for NICE: the
+/// rlimit's own units, as in brood.toml).
+fn systemd_limit(limit: &Limit) -> String {
+    let one = |v: Option<u64>| v.map_or("infinity".to_string(), |n| n.to_string());
+    if limit.soft == limit.hard {
+        one(limit.soft)
+    } else {
+        format!("{}:{}", one(limit.soft), one(limit.hard))
+    }
 }
 
 /// ExecStart= wants an absolute path: a relative one is taken from the
@@ -302,7 +379,9 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
         stop_signal,
         stop_timeout,
         counter_arg,
+        attrs,
     } = spec;
+    let security = kubernetes_security(name, attrs)?;
     if *restart == RestartPolicy::Never {
         return Err(Error::usage(format!(
             "program '{name}': restart = \"never\" has no equivalent in a Deployment (use a Job)"
@@ -390,7 +469,65 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
             );
         }
     }
+    if !security.is_empty() {
+        let _ = writeln!(out, "          securityContext:");
+        for line in security {
+            let _ = writeln!(out, "            {line}");
+        }
+    }
     Ok((format!("{full_name}.yaml"), out))
+}
+
+/// The container's `securityContext` lines for a program's attributes; the
+/// ones a container cannot express are refused by name, or warned about
+/// where the difference is harmless.
+fn kubernetes_security(name: &str, attrs: &ProcessAttrs) -> Result<Vec<String>, Error> {
+    let ProcessAttrs {
+        user,
+        group,
+        umask,
+        nice,
+        rlimits,
+        clear_env,
+        // `brood init` hands the container's stdin on (closed unless the
+        // pod sets `stdin: true`): a development concern, not mapped.
+        stdin: _,
+    } = attrs;
+    let refuse = |what: String| Err(Error::usage(format!("program '{name}': {what}")));
+    let mut lines = Vec::new();
+    // runAsUser/runAsGroup take numbers, and the image's /etc/passwd, not
+    // this machine's, would say what a name means.
+    for (key, field, spec) in [("user", "runAsUser", user), ("group", "runAsGroup", group)] {
+        match spec.as_ref().map(|s| &s.value) {
+            None => {}
+            Some(IdValue::Id(id)) => lines.push(format!("{field}: {id}")),
+            Some(IdValue::Name(n)) => {
+                return refuse(format!(
+                    "{key} = \"{n}\" has no numeric id for {field} in a Deployment (write the number the image gives it)"
+                ))
+            }
+        }
+    }
+    if let Some(mask) = umask {
+        return refuse(format!(
+            "umask = \"{mask:03o}\" has no equivalent in a Deployment (set it in the image's entrypoint)"
+        ));
+    }
+    if let Some(config::RlimitSpec { resource, .. }) = rlimits.first() {
+        return refuse(format!(
+            "rlimits.{} has no equivalent in a Deployment (containers take the runtime's limits; use resources for memory and cpu)",
+            config::rlimit_name(*resource)
+        ));
+    }
+    if let Some(nice) = nice {
+        log::warn!("program '{name}': nice = {nice} has no equivalent in a Deployment; left out");
+    }
+    if *clear_env {
+        log::info!(
+            "program '{name}': clear_env: a container's environment is the image's plus env, not the host's"
+        );
+    }
+    Ok(lines)
 }
 
 /// Write `files` into `dir` (created if needed).

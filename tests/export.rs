@@ -594,3 +594,92 @@ fn app_defaults_to_the_config_directorys_name() {
         k8s.out.context()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Process attributes (SPEC 17)
+
+const ATTRS: &str = "[program.web]\ncommand = [\"/bin/sleep\", \"100\"]\n\
+    user = \"daemon\"\ngroup = \"daemon\"\numask = \"027\"\nnice = 5\n\
+    rlimits = { nofile = { soft = 1024, hard = 4096 }, core = \"infinity\", cpu = 60 }\n\
+    clear_env = true\nstdin = \"null\"\n";
+
+#[test]
+fn systemd_maps_process_attributes_and_verifies() {
+    ensure_systemd_analyze();
+    let (_dir, config) = temp_config("attrs-systemd", "brood.toml", ATTRS);
+    let ex = export("systemd", &config, &["--app", "demo"]);
+    ex.out.assert_code(0);
+    let unit = String::from_utf8_lossy(&ex.files["demo-web@.service"]).into_owned();
+    let service: Vec<&str> = unit.lines().collect();
+    for want in [
+        "User=daemon",
+        "Group=daemon",
+        "UMask=0027",
+        "Nice=5",
+        "LimitNOFILE=1024:4096",
+        "LimitCORE=infinity",
+        "LimitCPU=60",
+    ] {
+        assert!(service.contains(&want), "no {want} in\n{unit}");
+    }
+    assert!(
+        unit.contains("# clear_env = true: systemd starts every service with a clean environment"),
+        "{unit}"
+    );
+    verify_all(&ex);
+    // The same user from --user is written once; another one is refused.
+    let same = export("systemd", &config, &["--app", "demo", "--user", "daemon"]);
+    same.out.assert_code(0);
+    let unit = String::from_utf8_lossy(&same.files["demo-web@.service"]).into_owned();
+    assert_eq!(unit.matches("User=").count(), 1, "{unit}");
+    let other = export("systemd", &config, &["--app", "demo", "--user", "nobody"]);
+    other
+        .out
+        .assert_code(2)
+        .assert_stderr_contains("program 'web': user = \"daemon\" in the config and --user nobody disagree");
+    assert!(other.files.is_empty());
+}
+
+#[test]
+fn kubernetes_maps_numeric_ids_to_the_security_context() {
+    let (_dir, config) = temp_config(
+        "attrs-k8s",
+        "brood.toml",
+        "[program.web]\ncommand = [\"/bin/sleep\", \"100\"]\nuser = 33\ngroup = 34\nnice = 5\nclear_env = true\n",
+    );
+    let ex = export("kubernetes", &config, &["--app", "demo", "--image", "img"]);
+    ex.out
+        .assert_code(0)
+        .assert_stderr_contains("nice = 5 has no equivalent");
+    let web = deployment(&ex.out_dir, "demo-web.yaml", "demo", "web", "img");
+    let c = &web["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["securityContext"],
+        json!({"runAsUser": 33, "runAsGroup": 34}),
+        "{web}"
+    );
+}
+
+#[test]
+fn kubernetes_refuses_user_names_umask_and_rlimits_by_name() {
+    let base = "[program.web]\ncommand = [\"/bin/sleep\", \"100\"]\n";
+    assert_kubernetes_refuses(
+        "k8s-user",
+        &format!("{base}user = \"www-data\"\n"),
+        "runAsUser",
+        "www-data",
+    );
+    assert_kubernetes_refuses(
+        "k8s-group",
+        &format!("{base}group = \"www-data\"\n"),
+        "runAsGroup",
+        "www-data",
+    );
+    assert_kubernetes_refuses("k8s-umask", &format!("{base}umask = \"027\"\n"), "umask", "027");
+    assert_kubernetes_refuses(
+        "k8s-rlimits",
+        &format!("{base}rlimits = {{ nofile = 10 }}\n"),
+        "rlimits",
+        "nofile",
+    );
+}

@@ -2,6 +2,7 @@
 //! The clap structs in `cli` hold raw input; this module turns them into
 //! domain types or a clear error.
 
+mod attrs;
 mod dotenv;
 mod procfile;
 mod toml_file;
@@ -13,6 +14,9 @@ use std::time::Duration;
 use crate::core::graph::{Condition, ShutdownOn, Strategy};
 use crate::error::Error;
 
+pub use attrs::{
+    rlimit_name, Credentials, IdSpec, IdValue, Limit, ProcessAttrs, RlimitSpec, StdinMode, RLIMITS,
+};
 pub use dotenv::load_env_file;
 
 /// The longest duration brood accepts anywhere (a timeout, a backoff, a
@@ -98,6 +102,8 @@ pub struct ProgramSpec {
     /// Append the counter when no argument has `{n}` (spawn mode). `{n}`
     /// is substituted in every mode but init.
     pub counter_arg: bool,
+    /// User, group, limits, environment base and stdin (SPEC 17).
+    pub attrs: ProcessAttrs,
 }
 
 impl ProgramSpec {
@@ -121,6 +127,7 @@ impl ProgramSpec {
             stop_signal: libc::SIGTERM,
             stop_timeout,
             counter_arg,
+            attrs: ProcessAttrs::default(),
         })
     }
 }

@@ -79,6 +79,13 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 stop_signal: libc::SIGTERM,
                 stop_timeout: super::DEFAULT_STOP_TIMEOUT,
                 counter_arg: false,
+                // A Procfile cannot set attributes; its children's stdin is
+                // brood run's default, a pipe (write `cmd </dev/null` for
+                // the old /dev/null).
+                attrs: super::ProcessAttrs {
+                    stdin: super::StdinMode::Pipe,
+                    ..Default::default()
+                },
             },
             numprocs: 1,
             restart: RestartPolicy::OnFailure,

@@ -57,6 +57,14 @@ struct Program {
     #[serde(default)]
     depends_on: BTreeMap<String, Spanned<String>>,
     shutdown_on: Option<Spanned<String>>,
+    // Process attributes and stdin (SPEC 17), checked in `attrs`.
+    user: Option<Spanned<toml::Value>>,
+    group: Option<Spanned<toml::Value>>,
+    umask: Option<Spanned<toml::Value>>,
+    nice: Option<Spanned<toml::Value>>,
+    rlimits: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    clear_env: Option<bool>,
+    stdin: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +113,21 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             ));
         }
         let prog = table.into_inner();
+        let attrs = super::attrs::from_toml(
+            super::attrs::TomlAttrs {
+                user: prog.user,
+                group: prog.group,
+                umask: prog.umask,
+                nice: prog.nice,
+                rlimits: prog.rlimits,
+                clear_env: prog.clear_env,
+                stdin: prog.stdin,
+            },
+            &name,
+            path,
+            text,
+            &err,
+        )?;
         let (program, args) = match (prog.command, prog.shell) {
             (Some(_), Some(s)) => {
                 return Err(err(
@@ -301,6 +324,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                     stop_signal,
                     stop_timeout,
                     counter_arg: false,
+                    attrs,
                 },
                 numprocs,
                 restart,
@@ -421,6 +445,7 @@ pub fn parse_supervisor(text: &str, path: &Path) -> Result<SupervisorSpec, Error
 
 #[cfg(test)]
 mod tests {
+    use super::super::{IdValue, StdinMode};
     use super::*;
 
     fn p(text: &str) -> Result<Vec<RunProgram>, Error> {
@@ -523,6 +548,49 @@ shutdown_on = "failure"
             .unwrap_err()
             .message;
         assert!(e.contains("unknown field `stratgy`"), "{e}");
+    }
+
+    #[test]
+    fn reads_process_attributes_and_stdin() {
+        let got = p(r#"
+[program.web]
+command = ["x"]
+user = "www-data"
+group = 33
+umask = "0o027"
+nice = -5
+rlimits = { stack = 8388608, nofile = { soft = 10, hard = "infinity" } }
+clear_env = true
+stdin = "null"
+
+[program.other]
+command = ["y"]
+"#)
+        .unwrap();
+        let a = &got[0].spec.attrs;
+        assert_eq!(
+            a.user.as_ref().map(|u| &u.value),
+            Some(&IdValue::Name("www-data".into()))
+        );
+        assert_eq!(a.user.as_ref().map(|u| u.at.as_str()), Some("brood.toml:4:8"));
+        assert_eq!(a.group.as_ref().map(|g| &g.value), Some(&IdValue::Id(33)));
+        assert_eq!(a.umask, Some(0o27));
+        assert_eq!(a.nice, Some(-5));
+        let names: Vec<&str> = a
+            .rlimits
+            .iter()
+            .map(|l| super::super::rlimit_name(l.resource))
+            .collect();
+        assert_eq!(names, ["nofile", "stack"], "in RLIMITS order");
+        assert_eq!(a.rlimits[0].limit.hard, None);
+        assert!(a.clear_env);
+        assert_eq!(a.stdin, StdinMode::Null);
+        assert_eq!(
+            got[1].spec.attrs.stdin,
+            StdinMode::Pipe,
+            "run's default is a pipe"
+        );
+        assert!(got[1].spec.attrs.user.is_none() && !got[1].spec.attrs.clear_env);
     }
 
     #[test]

@@ -12,11 +12,27 @@
 //! `rt_sigaction` (reset brood's handled and ignored signals to SIG_DFL;
 //! in init mode, set the ones brood's parent ignored back to SIG_IGN),
 //! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
-//! `prctl(PR_SET_PDEATHSIG)` and `getppid` (parent-death race),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
-//! fds), `setrlimit(RLIMIT_NOFILE)`, `chdir`, `sigprocmask` (empty mask,
-//! or in init mode the mask brood inherited), `execve`, `write` (the
+//! fds), `setrlimit` (first the RLIMIT_NOFILE brood started with, then the
+//! config's `rlimits`, so a configured `nofile` wins), `setpriority`
+//! (`nice`), `umask`, then the raw syscalls `setgroups`, `setgid` and
+//! `setuid` (`user`, `group`), `prctl(PR_SET_PDEATHSIG)` and `getppid`
+//! (parent-death race), `chdir`, `sigprocmask` (empty mask, or in init
+//! mode the mask brood inherited), `execve`, `write` (the
 //! [`REPORT_LEN`]-byte failure report to the error pipe) and `_exit(127)`.
+//!
+//! Why that order. Limits and nice come before the user switch: raising a
+//! hard limit or lowering nice needs privileges the new user may not have
+//! (systemd does the same). They come after the stdio `dup2`s, so that a
+//! tiny `nofile` cannot make those fail. The ids change in the order Rust
+//! std's `Command` uses, groups first and uid last, since each step needs
+//! the privilege the next one drops; they are raw syscalls because glibc's
+//! wrappers, in a process that ever had a second thread, broadcast the
+//! change to every thread, which from here would reach brood's suspended
+//! one through the shared memory. `PR_SET_PDEATHSIG` comes after them
+//! because the kernel clears it when the credentials change. `chdir` comes
+//! last, so a directory is entered with the new user's permissions, as
+//! std does it.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
@@ -29,6 +45,14 @@ pub enum Stage {
     Setup,
     Chdir,
     Exec,
+    /// `setgroups`, `setgid`, `setuid`.
+    Groups,
+    Gid,
+    Uid,
+    /// `setpriority`.
+    Nice,
+    /// `setrlimit` of this RLIMIT_* resource.
+    Rlimit(c_int),
     /// Never sent: the parent could not read a well-formed report (`why`,
     /// after `len` bytes), so it killed the child.
     Report {
@@ -45,6 +69,11 @@ impl Stage {
             Stage::Chdir => 2,
             Stage::Exec => 3,
             Stage::Report { .. } => 4,
+            Stage::Groups => 5,
+            Stage::Gid => 6,
+            Stage::Uid => 7,
+            Stage::Nice => 8,
+            Stage::Rlimit(resource) => RLIMIT_WIRE + resource as u32,
         }
     }
 
@@ -54,10 +83,20 @@ impl Stage {
             1 => Some(Stage::Setup),
             2 => Some(Stage::Chdir),
             3 => Some(Stage::Exec),
+            5 => Some(Stage::Groups),
+            6 => Some(Stage::Gid),
+            7 => Some(Stage::Uid),
+            8 => Some(Stage::Nice),
+            v if (RLIMIT_WIRE..RLIMIT_WIRE + 64).contains(&v) => {
+                Some(Stage::Rlimit((v - RLIMIT_WIRE) as c_int))
+            }
             _ => None,
         }
     }
 }
+
+/// `Stage::Rlimit(r)` travels as this plus `r`.
+const RLIMIT_WIRE: u32 = 0x100;
 
 /// The failure report's size: errno and stage as big-endian u32s, then
 /// [`REPORT_FOOTER`]. Rust std's `Command` sends errno and "NOEX" the same
@@ -120,6 +159,14 @@ pub struct ChildSetup<'a> {
     /// brood raised its own RLIMIT_NOFILE; the child gets the one brood
     /// was started with (programs using select() break above 1024).
     pub nofile: Option<libc::rlimit>,
+    /// The config's limits, set after `nofile`.
+    pub rlimits: &'a [(c_int, libc::rlimit)],
+    /// The nice value to set, absolute (as systemd's `Nice=`).
+    pub nice: Option<c_int>,
+    pub umask: Option<libc::mode_t>,
+    /// Supplementary groups, gid and uid to switch to: all three or none
+    /// (the uid may stay brood's, for `group` alone).
+    pub ids: Option<(&'a [libc::gid_t], libc::gid_t, Option<libc::uid_t>)>,
 }
 
 /// Set the child up and exec. Never returns: the only ways out are a
@@ -149,17 +196,6 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
         // SIGTTOU is blocked here, so a background group may take the
         // terminal. Failure is not fatal: the program runs anyway.
         libc::tcsetpgrp(setup.foreground_tty, libc::getpid());
-    }
-
-    if setup.pdeathsig != 0 {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, setup.pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
-            fail(setup.err_fd, Stage::Setup);
-        }
-        // brood may have died between fork and prctl: then the signal will
-        // never come, so behave as if it had.
-        if libc::getppid() != setup.parent_pid {
-            libc::_exit(128 + setup.pdeathsig);
-        }
     }
 
     for &(src, dst) in &setup.stdio {
@@ -196,6 +232,43 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
 
     if let Some(limit) = &setup.nofile {
         libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+    }
+    for (resource, limit) in setup.rlimits {
+        if libc::setrlimit(*resource as _, limit) != 0 {
+            fail(setup.err_fd, Stage::Rlimit(*resource));
+        }
+    }
+    if let Some(nice) = setup.nice {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            fail(setup.err_fd, Stage::Nice);
+        }
+    }
+    if let Some(mask) = setup.umask {
+        libc::umask(mask);
+    }
+    if let Some((groups, gid, uid)) = setup.ids {
+        if libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()) != 0 {
+            fail(setup.err_fd, Stage::Groups);
+        }
+        if libc::syscall(libc::SYS_setgid, gid as libc::c_long) != 0 {
+            fail(setup.err_fd, Stage::Gid);
+        }
+        if let Some(uid) = uid {
+            if libc::syscall(libc::SYS_setuid, uid as libc::c_long) != 0 {
+                fail(setup.err_fd, Stage::Uid);
+            }
+        }
+    }
+
+    if setup.pdeathsig != 0 {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, setup.pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
+            fail(setup.err_fd, Stage::Setup);
+        }
+        // brood may have died between fork and prctl: then the signal will
+        // never come, so behave as if it had.
+        if libc::getppid() != setup.parent_pid {
+            libc::_exit(128 + setup.pdeathsig);
+        }
     }
 
     if !setup.cwd.is_null() && libc::chdir(setup.cwd) != 0 {

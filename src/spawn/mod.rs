@@ -48,7 +48,8 @@ pub struct SpawnContext {
     pub pdeathsig: Option<libc::c_int>,
     pub parent_pid: libc::pid_t,
     pub max_fd: libc::c_int,
-    /// Opened once: the children's stdin.
+    /// Opened once: the children's stdin, unless their image asks for a
+    /// pipe (`brood run`) or init mode passes its own on.
     pub dev_null: Option<OwnedFd>,
     /// The stack the child runs on until it execs. One is enough: with
     /// CLONE_VFORK brood waits until the child is done with it.
@@ -128,6 +129,9 @@ pub struct Spawned {
     pub pid: Pid,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// The write end of the child's stdin pipe ([`plan::Attrs::stdin_pipe`]):
+    /// never written; the child reads EOF once brood drops it.
+    pub stdin: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -175,6 +179,14 @@ impl SpawnError {
             } => {
                 format!("cannot exec '{prog}': child setup failed: {reason}")
             }
+            SpawnError::Exec { stage, .. }
+                if matches!(
+                    stage,
+                    Stage::Groups | Stage::Gid | Stage::Uid | Stage::Nice | Stage::Rlimit(_)
+                ) =>
+            {
+                format!("cannot exec '{prog}': {}: {reason}", attr_step(*stage, &image.attrs))
+            }
             SpawnError::Exec {
                 stage: Stage::Report { len, why },
                 ..
@@ -183,6 +195,22 @@ impl SpawnError {
             ),
             SpawnError::Exec { .. } => format!("cannot exec '{prog}': {reason}"),
         }
+    }
+}
+
+/// The attribute step a child failed at, for the message.
+fn attr_step(stage: Stage, attrs: &plan::Attrs) -> String {
+    let creds = attrs.credentials.as_ref();
+    match stage {
+        Stage::Groups => format!(
+            "cannot set the supplementary groups {:?}",
+            creds.map(|c| c.groups.clone()).unwrap_or_default()
+        ),
+        Stage::Gid => format!("cannot switch to gid {}", creds.map_or(0, |c| c.gid)),
+        Stage::Uid => format!("cannot switch to uid {}", creds.and_then(|c| c.uid).unwrap_or(0)),
+        Stage::Nice => format!("cannot set nice {}", attrs.nice.unwrap_or(0)),
+        Stage::Rlimit(r) => format!("cannot set rlimits.{}", crate::config::rlimit_name(r)),
+        _ => "child setup failed".to_string(),
     }
 }
 
@@ -266,11 +294,23 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
         .map_err(SpawnError::Fork)?;
 
+    // A pipe brood holds open and never writes: the child's reads block
+    // (watchers that quit at EOF keep running) until brood drops the write
+    // end. Both ends are close-on-exec, so no other child inherits them;
+    // the read end reaches this child only through the dup2 onto 0.
+    let stdin_pipe = if image.attrs.stdin_pipe && !ctx.inherit_stdin {
+        Some(pipe_cloexec().map_err(SpawnError::Fork)?)
+    } else {
+        None
+    };
     let stdin_fd = if ctx.inherit_stdin {
         0
+    } else if let Some((r, _)) = &stdin_pipe {
+        r.as_raw_fd()
     } else {
         ctx.dev_null.as_ref().map_or(-1, |f| f.as_raw_fd())
     };
+    let creds = image.attrs.credentials.as_ref();
     let setup = ChildSetup {
         paths: image.paths.ptrs(),
         argv: argv.as_ptr(),
@@ -294,6 +334,10 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         foreground_tty: ctx.foreground_tty.unwrap_or(-1),
         max_fd: ctx.max_fd,
         nofile: ctx.original_nofile,
+        rlimits: &image.attrs.rlimits,
+        nice: image.attrs.nice,
+        umask: image.attrs.umask,
+        ids: creds.map(|c| (&c.groups[..], c.gid, c.uid)),
     };
 
     // Block every signal across fork, so that none runs brood's handler in
@@ -334,6 +378,7 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         Pid::from_raw(pid)
     };
     drop(err_w);
+    let stdin_w = stdin_pipe.map(|(_r, w)| w);
     if ctx.new_group {
         // Also from the parent, so the group exists before we can signal it.
         // EACCES after the child's exec is harmless: it did it itself.
@@ -401,6 +446,7 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         pid,
         stdout: out_r,
         stderr: err_r_pipe,
+        stdin: stdin_w,
     })
 }
 
@@ -489,7 +535,17 @@ mod tests {
 
     #[test]
     fn every_stage_and_errno_round_trips() {
-        for stage in [Stage::Setup, Stage::Chdir, Stage::Exec] {
+        for stage in [
+            Stage::Setup,
+            Stage::Chdir,
+            Stage::Exec,
+            Stage::Groups,
+            Stage::Gid,
+            Stage::Uid,
+            Stage::Nice,
+            Stage::Rlimit(libc::RLIMIT_NOFILE as libc::c_int),
+            Stage::Rlimit(0),
+        ] {
             for errno in [Errno::ENOENT, Errno::EACCES, Errno::ENOEXEC, Errno::E2BIG] {
                 assert_eq!(
                     decode_report(&encode_report(stage, errno as i32)),

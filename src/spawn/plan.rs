@@ -3,7 +3,9 @@
 //! [`Image`] is built once per program (the PATH search, the environment
 //! block, the working directory); [`Argv`] once per spawn (it carries the
 //! counter). Both hold `CString`s and the NULL-terminated pointer arrays the
-//! child passes to `execve`, so the child allocates nothing.
+//! child passes to `execve`, so the child allocates nothing. [`Attrs`]
+//! (ids, limits, nice, umask, stdin) is resolved into plain numbers here
+//! too, from the config's process attributes.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use libc::c_char;
 
+use crate::config::{Credentials, ProcessAttrs, StdinMode};
 use crate::error::Error;
 
 /// A C string array with its NULL-terminated pointer vector. The pointers
@@ -47,6 +50,50 @@ fn cstring(bytes: &[u8], what: &str) -> Result<CString, Error> {
     CString::new(bytes).map_err(|_| Error::usage(format!("{what} contains a NUL byte")))
 }
 
+/// What the child changes about itself before exec (SPEC 17), as the
+/// plain numbers it passes to the syscalls. Empty: it keeps brood's.
+#[derive(Clone, Debug, Default)]
+pub struct Attrs {
+    /// `setgroups` list, gid and uid; `None` keeps brood's.
+    pub credentials: Option<Credentials>,
+    pub umask: Option<libc::mode_t>,
+    pub nice: Option<libc::c_int>,
+    /// `(RLIMIT_*, limit)`, applied after brood's own RLIMIT_NOFILE is
+    /// given back, so a configured `nofile` wins.
+    pub rlimits: Vec<(libc::c_int, libc::rlimit)>,
+    /// A pipe that brood holds open on stdin instead of /dev/null.
+    pub stdin_pipe: bool,
+}
+
+impl Attrs {
+    /// Resolve a program's attributes: names to ids (a config error if
+    /// one is unknown, or if switching needs a root brood does not have).
+    pub fn resolve(attrs: &ProcessAttrs, program: &str) -> Result<Attrs, Error> {
+        let credentials = attrs.credentials(program)?;
+        attrs.check_limits(program)?;
+        let value = |v: Option<u64>| v.map_or(libc::RLIM_INFINITY, |n| n as libc::rlim_t);
+        Ok(Attrs {
+            credentials,
+            umask: attrs.umask.map(|m| m as libc::mode_t),
+            nice: attrs.nice,
+            rlimits: attrs
+                .rlimits
+                .iter()
+                .map(|l| {
+                    (
+                        l.resource,
+                        libc::rlimit {
+                            rlim_cur: value(l.limit.soft),
+                            rlim_max: value(l.limit.hard),
+                        },
+                    )
+                })
+                .collect(),
+            stdin_pipe: attrs.stdin == StdinMode::Pipe,
+        })
+    }
+}
+
 /// The parts of a launch that are the same for every instance of a program.
 pub struct Image {
     /// The program as the user wrote it, for messages.
@@ -55,16 +102,35 @@ pub struct Image {
     pub paths: CArray,
     pub envp: CArray,
     pub cwd: Option<CString>,
+    /// Process attributes the child applies.
+    pub attrs: Attrs,
 }
 
 impl Image {
     /// Resolve `program` against PATH (as execvp would) and build the
     /// environment: brood's own, with `env` laid over it.
     pub fn new(program: &OsStr, env: &[(OsString, OsString)], cwd: Option<&Path>) -> Result<Image, Error> {
+        Image::with_attrs(program, env, cwd, false, Attrs::default())
+    }
+
+    /// As [`Image::new`], with process attributes; `clear_env` starts the
+    /// environment empty instead of from brood's (the PATH search then
+    /// uses `env`'s PATH, or the default path).
+    pub fn with_attrs(
+        program: &OsStr,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+        clear_env: bool,
+        attrs: Attrs,
+    ) -> Result<Image, Error> {
         if program.is_empty() {
             return Err(Error::usage("the program name is empty".to_string()));
         }
-        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut vars: Vec<(OsString, OsString)> = if clear_env {
+            Vec::new()
+        } else {
+            std::env::vars_os().collect()
+        };
         for (k, v) in env {
             match vars.iter_mut().find(|(name, _)| name == k) {
                 Some(slot) => slot.1 = v.clone(),
@@ -89,6 +155,7 @@ impl Image {
             paths: CArray::new(candidates),
             envp: CArray::new(envp),
             cwd,
+            attrs,
         })
     }
 

@@ -47,7 +47,16 @@ pub struct InstanceEnv {
 
 impl Program {
     pub fn new(spec: ProgramSpec) -> Result<Program, Error> {
-        let image = plan::Image::new(&spec.program, &spec.env, spec.cwd.as_deref())?;
+        // Names resolve here, before anything starts: an unknown user is a
+        // config error, not a failed spawn.
+        let attrs = plan::Attrs::resolve(&spec.attrs, &spec.name)?;
+        let image = plan::Image::with_attrs(
+            &spec.program,
+            &spec.env,
+            spec.cwd.as_deref(),
+            spec.attrs.clear_env,
+            attrs,
+        )?;
         // Validate the arguments once, so a bad one is a usage error up front.
         plan::build_argv(&spec.program, &spec.args, Some(1), spec.counter_arg)?;
         Ok(Program {
@@ -77,7 +86,13 @@ impl Program {
         if let Some(base) = ie.port_base {
             env.push(("PORT".into(), (u64::from(base) + n - 1).to_string().into()));
         }
-        let image = plan::Image::new(&self.spec.program, &env, self.spec.cwd.as_deref())?;
+        let image = plan::Image::with_attrs(
+            &self.spec.program,
+            &env,
+            self.spec.cwd.as_deref(),
+            self.spec.attrs.clear_env,
+            self.image.attrs.clone(),
+        )?;
         self.instances.insert(n, image);
         Ok(())
     }
@@ -278,6 +293,7 @@ impl Supervisor {
                         stop_requested: false,
                         killed: false,
                         instance,
+                        stdin: spawned.stdin,
                     },
                 );
                 self.by_pid.insert(pid, id);
@@ -371,6 +387,8 @@ impl Supervisor {
             return;
         };
         child.state = State::Exited(status);
+        // What is left of its group reads EOF on stdin now.
+        child.stdin = None;
         self.alive -= 1;
         let runtime = child.uptime(Instant::now());
         if child.stop_requested {
