@@ -3,6 +3,7 @@
 //! domain types or a clear error.
 
 mod dotenv;
+mod logspec;
 mod procfile;
 mod toml_file;
 
@@ -14,6 +15,7 @@ use crate::core::graph::{Condition, ShutdownOn, Strategy};
 use crate::error::Error;
 
 pub use dotenv::load_env_file;
+pub use logspec::{parse_size, LogSpec, LogTarget};
 
 /// The longest duration brood accepts anywhere (a timeout, a backoff, a
 /// window): a year. Longer is a typo, and deadlines far in the future only
@@ -163,6 +165,8 @@ pub struct RunProgram {
     pub depends_on: Vec<(String, Condition)>,
     /// `shutdown_on`: whether this program's end ends the run.
     pub shutdown_on: ShutdownOn,
+    /// `log = {...}`: its instances' lines also go to files.
+    pub log: Option<LogSpec>,
 }
 
 /// `[supervisor]`: the restart strategy and the supervisor-wide budget.
