@@ -249,6 +249,8 @@ pub enum CtlVerb {
     },
     /// Shut brood down, as `q` at its console.
     Shutdown,
+    /// Close and reopen every log file (after logrotate moved them away).
+    Reopen,
 }
 
 #[derive(Subcommand, Debug)]

@@ -82,6 +82,7 @@ fn request(verb: &CtlVerb) -> Result<WireRequest, Error> {
             follow: *follow,
         },
         CtlVerb::Shutdown => WireRequest::Shutdown,
+        CtlVerb::Reopen => WireRequest::Reopen,
     })
 }
 
@@ -248,6 +249,7 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
             reply["count"]
         )),
         CtlVerb::Shutdown => out.line("shutting down"),
+        CtlVerb::Reopen => out.line(&format!("reopened {} log files", reply["files"])),
         _ => {
             let labels: Vec<&str> = reply["affected"]
                 .as_array()

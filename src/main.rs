@@ -8,6 +8,7 @@ use brood::core::policy::{Jitter, Policy};
 use brood::core::run::{ProgramEntry, Rules, RunCore};
 use brood::error::Error;
 use brood::events::Events;
+use brood::logfile::LogFiles;
 use brood::{check, cli, config, control, ctl, exec, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
 use config::{OutputOptions, ProgramSpec};
@@ -186,6 +187,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let mut entries = Vec::new();
     let mut width = 0;
     let mut grace = std::time::Duration::ZERO;
+    let mut log_specs = Vec::new();
     // foreman's and honcho's convention: -p, else PORT from the env files,
     // else from the environment, else 5000, is the base; each program's
     // instances count up from base + 100 * its place in the file.
@@ -218,6 +220,9 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
             shutdown_on: p.shutdown_on,
         };
         entries.push((id, entry, u64::from(p.numprocs)));
+        if let Some(log) = &p.log {
+            log_specs.push((id, p.spec.name.clone(), log.clone()));
+        }
         programs.push((
             id,
             Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
@@ -244,7 +249,9 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         exit_with_any,
     };
     let driver = Driver::Run(RunCore::new(entries, order, rules, Jitter::seeded()));
-    let outcome = Supervisor::new(programs, opts, driver, events, width, control)?.run();
+    let outcome = Supervisor::new(programs, opts, driver, events, width, control)?
+        .with_log_files(LogFiles::new(log_specs))
+        .run();
     Ok(outcome.code)
 }
 

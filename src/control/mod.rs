@@ -59,11 +59,12 @@ pub enum WireRequest {
         follow: bool,
     },
     Shutdown,
+    Reopen,
 }
 
 /// The verbs [`WireRequest`] knows, for the "unknown verb" message.
-const VERBS: [&str; 8] = [
-    "status", "start", "stop", "restart", "signal", "scale", "logs", "shutdown",
+const VERBS: [&str; 9] = [
+    "status", "start", "stop", "restart", "signal", "scale", "logs", "shutdown", "reopen",
 ];
 
 /// A validated request: what the run loop acts on.
@@ -87,6 +88,8 @@ pub enum Request {
         follow: bool,
     },
     Shutdown,
+    /// Close and reopen every log file (logrotate's `create` mode).
+    Reopen,
 }
 
 /// Only the verb, to name an unknown one in its own words.
@@ -146,6 +149,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             follow,
         },
         WireRequest::Shutdown => Request::Shutdown,
+        WireRequest::Reopen => Request::Reopen,
     })
 }
 
@@ -183,6 +187,7 @@ mod tests {
             })
         );
         assert_eq!(parse_request(br#"{"verb":"shutdown"}"#), Ok(Request::Shutdown));
+        assert_eq!(parse_request(br#"{"verb":"reopen"}"#), Ok(Request::Reopen));
     }
 
     #[test]

@@ -231,6 +231,12 @@ impl Supervisor {
                 self.begin_shutdown(ShutdownReason::Ctl);
                 json!({"ok": true})
             }
+            Request::Reopen => {
+                let files = self.logs.reopen_all(std::time::Instant::now());
+                let reports = self.logs.take_reports();
+                self.report_dropped(reports);
+                json!({"ok": true, "files": files})
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use crate::core::run::RunCore;
 use crate::core::timers::{Timer, Timers};
 use crate::error::Error;
 use crate::events::Events;
+use crate::logfile::LogFiles;
 use crate::logging;
 use crate::output::{self, Sink};
 use crate::signals;
@@ -158,6 +159,8 @@ pub struct Supervisor {
     output_error: Option<String>,
     /// A batch was stopped by its reader going away before it was done.
     cut_short: bool,
+    /// The instances' log files (`log = {...}`).
+    logs: LogFiles,
 }
 
 impl Supervisor {
@@ -245,7 +248,14 @@ impl Supervisor {
             control,
             output_error: None,
             cut_short: false,
+            logs: LogFiles::default(),
         })
+    }
+
+    /// Instances of these programs also write their lines to files.
+    pub fn with_log_files(mut self, logs: LogFiles) -> Supervisor {
+        self.logs = logs;
+        self
     }
 
     /// Run until shutdown is complete. Returns the exit code.
@@ -529,6 +539,9 @@ impl Supervisor {
     // ----- the end ---------------------------------------------------------
 
     fn finish(mut self) -> Outcome {
+        // Before the summary, which is always the last event.
+        let dropped = self.logs.finish(Instant::now());
+        self.report_dropped(dropped);
         let s = self.stats;
         log::info!(
             "summary: spawned {}, succeeded {}, failed {}, spawn_failed {}, stopped {}",
