@@ -491,7 +491,7 @@ fn a_full_disk_drops_and_counts_lines_reports_once_and_writing_resumes_by_itself
     let tmpfs = Tmpfs::mount("full");
     let filler = tmpfs.fill();
     let log = tmpfs.path().join("t.1.log");
-    let (brood, work) = run_config(
+    let (brood, _work) = run_config(
         "full",
         &format!(
             r#"
