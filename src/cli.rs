@@ -262,6 +262,8 @@ pub enum CtlVerb {
     Reload,
     /// Shut brood down, as `q` at its console.
     Shutdown,
+    /// Close and reopen every log file (after logrotate moved them away).
+    Reopen,
 }
 
 #[derive(Subcommand, Debug)]

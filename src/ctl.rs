@@ -87,6 +87,7 @@ fn request(verb: &CtlVerb) -> Result<WireRequest, Error> {
         },
         CtlVerb::Reload => WireRequest::Reload,
         CtlVerb::Shutdown => WireRequest::Shutdown,
+        CtlVerb::Reopen => WireRequest::Reopen,
     })
 }
 
@@ -283,6 +284,7 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
                 out.line(&format!("{name} {}", fate.as_str().unwrap_or("?")));
             }
         }
+        CtlVerb::Reopen => out.line(&format!("reopened {} log files", reply["files"])),
         _ => {
             let labels: Vec<&str> = reply["affected"]
                 .as_array()

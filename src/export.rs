@@ -141,6 +141,9 @@ fn systemd_service(
         env_sets_port: _,
         depends_on,
         shutdown_on,
+        // Under systemd journald keeps the output, under Kubernetes the
+        // container runtime: brood's own files are `brood run`'s.
+        log: _,
     } = p;
     let ProgramSpec {
         name,
@@ -369,6 +372,9 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
         // how Kubernetes services wait for each other.
         depends_on,
         shutdown_on,
+        // Under systemd journald keeps the output, under Kubernetes the
+        // container runtime: brood's own files are `brood run`'s.
+        log: _,
     } = p;
     let ProgramSpec {
         name,
@@ -576,6 +582,7 @@ mod tests {
                 env_sets_port: false,
                 depends_on: Vec::new(),
                 shutdown_on: Default::default(),
+                log: None,
             }],
             env: Vec::new(),
             port_base: None,

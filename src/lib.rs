@@ -17,6 +17,7 @@ pub mod events;
 pub mod exec;
 pub mod export;
 pub mod init;
+pub mod logfile;
 pub mod logging;
 pub mod output;
 pub mod reaper;

@@ -7,6 +7,7 @@ use brood::core::policy::Jitter;
 use brood::core::run::{start_order_of, ProgramEntry, RunCore};
 use brood::error::Error;
 use brood::events::Events;
+use brood::logfile::LogFiles;
 use brood::run_plan::{self, PlanArgs};
 use brood::{check, cli, config, control, ctl, exec, export, init, logging, output, spawn, supervisor};
 use cli::{Cli, Command, ExportTarget, InitArgs, OutputArgs, RunArgs, SpawnArgs};
@@ -159,7 +160,11 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     };
     let mut entries = Vec::new();
     let mut fingerprints = Vec::new();
+    let mut log_specs = Vec::new();
     for (id, p) in ids.iter().zip(&plan.programs) {
+        if let Some(log) = &p.log {
+            log_specs.push((*id, p.name.clone(), log.clone()));
+        }
         let entry = ProgramEntry {
             name: p.name.clone(),
             policy: p.policy.clone(),
@@ -178,6 +183,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
     let driver = Driver::Run(Box::new(RunCore::new(entries, order, rules, Jitter::seeded())));
     let outcome = Supervisor::new(programs, opts, driver, events, width, control)?
         .with_reload(plan_args, fingerprints)
+        .with_log_files(LogFiles::new(log_specs))
         .run();
     Ok(outcome.code)
 }

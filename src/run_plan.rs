@@ -33,6 +33,8 @@ pub struct Planned {
     pub deps: Vec<(String, Condition)>,
     pub shutdown_on: ShutdownOn,
     pub numprocs: u32,
+    /// `log = {...}`: where its instances' lines go.
+    pub log: Option<crate::config::LogSpec>,
     /// Every setting but numprocs, as text: equal fingerprints mean an
     /// unchanged program at reload.
     pub fingerprint: String,
@@ -149,6 +151,7 @@ pub fn plan(args: &PlanArgs) -> Result<RunPlan, Error> {
                 .collect(),
             shutdown_on: p.shutdown_on,
             numprocs: p.numprocs,
+            log: p.log.clone(),
             fingerprint: format!("{shape:?} {port_base:?}"),
         });
     }

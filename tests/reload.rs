@@ -23,8 +23,9 @@ fn ctl(brood: &Running, args: &[&str]) -> std::process::Output {
 
 /// label -> pid of the live instances, from `ctl status --json`.
 fn pids(brood: &Running) -> std::collections::BTreeMap<String, i64> {
+    // Before brood listens, ctl answers nothing: no pids yet.
     let out = ctl(brood, &["status", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["programs"]
         .as_array()
         .into_iter()

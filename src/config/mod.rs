@@ -4,6 +4,7 @@
 
 mod attrs;
 mod dotenv;
+mod logspec;
 mod procfile;
 mod toml_file;
 
@@ -18,6 +19,7 @@ pub use attrs::{
     rlimit_name, Credentials, IdSpec, IdValue, Limit, ProcessAttrs, RlimitSpec, StdinMode, RLIMITS,
 };
 pub use dotenv::load_env_file;
+pub use logspec::{parse_size, LogSpec, LogTarget};
 
 /// The longest duration brood accepts anywhere (a timeout, a backoff, a
 /// window): a year. Longer is a typo, and deadlines far in the future only
@@ -170,6 +172,8 @@ pub struct RunProgram {
     pub depends_on: Vec<(String, Condition)>,
     /// `shutdown_on`: whether this program's end ends the run.
     pub shutdown_on: ShutdownOn,
+    /// `log = {...}`: its instances' lines also go to files.
+    pub log: Option<LogSpec>,
 }
 
 /// `[supervisor]`: the restart strategy and the supervisor-wide budget.

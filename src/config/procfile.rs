@@ -97,6 +97,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             env_sets_port: false,
             depends_on: Vec::new(),
             shutdown_on: Default::default(),
+            log: None,
         });
     }
     if programs.is_empty() {

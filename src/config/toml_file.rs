@@ -1,14 +1,23 @@
 //! `brood.toml`: `[program.NAME]` tables, read with serde. Unknown keys are
 //! errors (a typo must not be silently ignored); every error names the file,
 //! line and column.
+//!
+//! A `[defaults]` table may hold any per-program key. It is applied to the
+//! parsed document before serde sees it: each key a program does not set
+//! is copied, with its span, into the program's table. A program's own key
+//! replaces the default whole (tables such as `log` or `env` are not
+//! merged), `command` and `shell` count as one key, and an error in a
+//! default points at the `[defaults]` line it came from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::logspec::{self, LogSpec, LogTarget};
 use super::{
     duration_from_secs, located, parse_duration, shown_number, valid_name, ProgramSpec, RestartPolicy,
     RunProgram, SupervisorSpec,
@@ -19,6 +28,10 @@ use crate::error::Error;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// Already copied into every program by [`apply_defaults`]; read here
+    /// so that its keys are checked even where every program sets them.
+    #[serde(rename = "defaults")]
+    _defaults: Option<Spanned<Program>>,
     #[serde(default)]
     program: BTreeMap<String, Spanned<Program>>,
     /// Read by [`parse_supervisor`].
@@ -65,6 +78,24 @@ struct Program {
     rlimits: Option<BTreeMap<String, Spanned<toml::Value>>>,
     clear_env: Option<bool>,
     stdin: Option<Spanned<String>>,
+    log: Option<Spanned<Log>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Log {
+    file: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
+    max_size: Option<Spanned<SizeValue>>,
+    keep: Option<Spanned<i64>>,
+    timestamps: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Text(String),
+    Bytes(i64),
 }
 
 #[derive(Deserialize)]
@@ -97,11 +128,42 @@ enum EnvValue {
     Bool(bool),
 }
 
+/// Copy each `[defaults]` key into every `[program.NAME]` table that does
+/// not set it (spans kept, so errors still point into the file).
+fn apply_defaults(doc: &mut DeTable<'_>) {
+    let Some(defaults) = doc.get("defaults").and_then(|d| d.get_ref().as_table()).cloned() else {
+        return;
+    };
+    let Some(programs) = doc.get_mut("program").map(Spanned::get_mut) else {
+        return;
+    };
+    let DeValue::Table(programs) = programs else {
+        return;
+    };
+    for (_, program) in programs.iter_mut() {
+        let DeValue::Table(own) = program.get_mut() else {
+            continue;
+        };
+        // `command` and `shell` are two spellings of one setting.
+        let has_command = own.contains_key("command") || own.contains_key("shell");
+        for (key, value) in defaults.iter() {
+            let is_command = matches!(key.get_ref().as_ref(), "command" | "shell");
+            if own.contains_key(key.get_ref().as_ref()) || (is_command && has_command) {
+                continue;
+            }
+            own.insert(key.clone(), value.clone());
+        }
+    }
+}
+
 pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Error> {
-    let file: File = toml::from_str(text).map_err(|e| {
+    let fail = |e: toml::de::Error| {
         let offset = e.span().map_or(0, |s| s.start);
         located(path, text, offset, e.message().trim())
-    })?;
+    };
+    let mut doc = DeTable::parse(text).map_err(fail)?;
+    apply_defaults(doc.get_mut());
+    let file = File::deserialize(toml::de::Deserializer::from(doc)).map_err(fail)?;
     let err = |offset: usize, msg: &str| located(path, text, offset, msg);
     let mut programs = Vec::new();
     for (name, table) in file.program {
@@ -311,6 +373,10 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 )
             })?,
         };
+        let log = match prog.log {
+            None => None,
+            Some(l) => Some(log_spec(l, &name, dir, &err)?),
+        };
         programs.push((
             start,
             depends_on,
@@ -336,6 +402,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 env_sets_port: false,
                 depends_on: Vec::new(),
                 shutdown_on,
+                log,
             },
         ));
     }
@@ -440,6 +507,80 @@ pub fn parse_supervisor(text: &str, path: &Path) -> Result<SupervisorSpec, Error
         strategy,
         max_restarts,
         restart_window,
+    })
+}
+
+/// A `log` table, validated: exactly one of `file` and `dir`, a size, a
+/// count to keep.
+fn log_spec(
+    log: Spanned<Log>,
+    name: &str,
+    dir: &Path,
+    err: &dyn Fn(usize, &str) -> Error,
+) -> Result<LogSpec, Error> {
+    let at = log.span().start;
+    let log = log.into_inner();
+    let path = |p: Spanned<String>, what: &str| {
+        if p.get_ref().is_empty() {
+            return Err(err(
+                p.span().start,
+                &format!("program '{name}': log.{what} is empty"),
+            ));
+        }
+        if p.get_ref().contains('\0') {
+            return Err(err(
+                p.span().start,
+                &format!("program '{name}': log.{what} contains a NUL byte"),
+            ));
+        }
+        Ok(logspec::config_relative(dir, p.get_ref()))
+    };
+    let target = match (log.file, log.dir) {
+        (Some(f), None) => LogTarget::File(path(f, "file")?),
+        (None, Some(d)) => LogTarget::Dir(path(d, "dir")?),
+        (Some(_), Some(d)) => {
+            return Err(err(
+                d.span().start,
+                &format!("program '{name}': log takes file or dir, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(err(
+                at,
+                &format!("program '{name}': log needs file = \"...\" or dir = \"...\""),
+            ))
+        }
+    };
+    let max_size = match log.max_size {
+        None => logspec::DEFAULT_MAX_SIZE,
+        Some(s) => {
+            let at = s.span().start;
+            match s.into_inner() {
+                SizeValue::Text(t) => logspec::parse_size(&t),
+                SizeValue::Bytes(b) => {
+                    u64::try_from(b).map_err(|_| format!("invalid size {b}: must be 0 or more"))
+                }
+            }
+            .map_err(|m| err(at, &format!("log.max_size: {m}")))?
+        }
+    };
+    let keep = match log.keep {
+        None => logspec::DEFAULT_KEEP,
+        Some(k) => u32::try_from(*k.get_ref())
+            .ok()
+            .filter(|k| *k <= logspec::MAX_KEEP)
+            .ok_or_else(|| {
+                err(
+                    k.span().start,
+                    &format!("log.keep must be between 0 and {}", logspec::MAX_KEEP),
+                )
+            })?,
+    };
+    Ok(LogSpec {
+        target,
+        max_size,
+        keep,
+        timestamps: log.timestamps.unwrap_or(false),
     })
 }
 
@@ -634,6 +775,136 @@ command = ["y"]
                 "brood.toml:3:",
             ),
             ("", "brood.toml: no [program.NAME] tables"),
+        ];
+        for (text, want) in cases {
+            let e = p(text).unwrap_err().message;
+            assert!(e.starts_with(want), "{text:?}: got {e}");
+        }
+    }
+
+    #[test]
+    fn log_table_is_read_with_paths_relative_to_the_config() {
+        let got = p(r#"
+[program.web]
+command = ["x"]
+log = { file = "log/web.{n}.log", max_size = "50MiB", keep = 3, timestamps = true }
+
+[program.worker]
+command = ["y"]
+log = { dir = "/var/log/app", max_size = 4096 }
+"#)
+        .unwrap();
+        assert_eq!(
+            got[0].log,
+            Some(LogSpec {
+                target: LogTarget::File("/srv/log/web.{n}.log".into()),
+                max_size: 50 << 20,
+                keep: 3,
+                timestamps: true,
+            })
+        );
+        assert_eq!(
+            got[1].log,
+            Some(LogSpec {
+                target: LogTarget::Dir("/var/log/app".into()),
+                max_size: 4096,
+                keep: logspec::DEFAULT_KEEP,
+                timestamps: false,
+            })
+        );
+    }
+
+    #[test]
+    fn defaults_apply_to_every_program_and_a_programs_own_key_replaces_them_whole() {
+        let got = p(r#"
+[defaults]
+log = { dir = "log", max_size = "1MiB", keep = 2, timestamps = true }
+stop_timeout = "2s"
+restart = "always"
+env = { A = "1", B = "2" }
+shell = "echo default"
+
+[program.web]
+command = ["web"]
+log = { file = "web.log" }
+env = { C = "3" }
+
+[program.worker]
+restart = "never"
+"#)
+        .unwrap();
+        let (web, worker) = (&got[0], &got[1]);
+        // The program's log table replaces the default's: nothing merged.
+        assert_eq!(
+            web.log,
+            Some(LogSpec {
+                target: LogTarget::File("/srv/web.log".into()),
+                max_size: logspec::DEFAULT_MAX_SIZE,
+                keep: logspec::DEFAULT_KEEP,
+                timestamps: false,
+            })
+        );
+        assert_eq!(web.spec.env, [("C".into(), "3".into())]);
+        assert_eq!(web.spec.program, "web", "command replaces the default shell");
+        assert_eq!(web.spec.stop_timeout, Duration::from_secs(2));
+        assert_eq!(web.restart, RestartPolicy::Always);
+        assert_eq!(
+            worker.log,
+            Some(LogSpec {
+                target: LogTarget::Dir("/srv/log".into()),
+                max_size: 1 << 20,
+                keep: 2,
+                timestamps: true,
+            })
+        );
+        assert_eq!(worker.restart, RestartPolicy::Never);
+        assert_eq!(worker.spec.args, ["-c", "echo default"]);
+        assert_eq!(worker.spec.env.len(), 2);
+    }
+
+    #[test]
+    fn errors_in_defaults_and_log_point_at_the_key() {
+        let cases = [
+            (
+                "[defaults]\nrestat = 1\n[program.a]\ncommand=[\"x\"]\n",
+                "brood.toml:2:1: unknown field `restat`",
+            ),
+            (
+                "[defaults]\nstop_timeout = \"x\"\n[program.a]\ncommand=[\"x\"]\n",
+                "brood.toml:2:16: stop_timeout",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { file = \"f\", dir = \"d\" }\n",
+                "brood.toml:3:27: program 'a': log takes file or dir, not both",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { keep = 1 }\n",
+                "brood.toml:3:7: program 'a': log needs file",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { dir = \"d\", max_size = \"10M\" }\n",
+                "brood.toml:3:31: log.max_size: invalid size '10M': unknown unit 'M'",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { dir = \"d\", max_size = -1 }\n",
+                "brood.toml:3:31: log.max_size",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { dir = \"d\", keep = -1 }\n",
+                "brood.toml:3:27: log.keep must be between 0 and 1000",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { dir = \"\" }\n",
+                "brood.toml:3:15: program 'a': log.dir is empty",
+            ),
+            (
+                "[program.a]\ncommand=[\"x\"]\nlog = { dir = \"d\", size = 1 }\n",
+                "brood.toml:3:20: unknown field `size`",
+            ),
+            (
+                "[defaults]\ncommand = [\"x\"]\n",
+                "brood.toml: no [program.NAME] tables",
+            ),
         ];
         for (text, want) in cases {
             let e = p(text).unwrap_err().message;

@@ -69,11 +69,12 @@ pub enum WireRequest {
     /// Re-read the config file.
     Reload,
     Shutdown,
+    Reopen,
 }
 
 /// The verbs [`WireRequest`] knows, for the "unknown verb" message.
-const VERBS: [&str; 10] = [
-    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "reload", "shutdown",
+const VERBS: [&str; 11] = [
+    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "reload", "reopen", "shutdown",
 ];
 
 /// A validated request: what the run loop acts on.
@@ -102,6 +103,8 @@ pub enum Request {
     },
     Reload,
     Shutdown,
+    /// Close and reopen every log file (logrotate's `create` mode).
+    Reopen,
 }
 
 /// Only the verb, to name an unknown one in its own words.
@@ -166,6 +169,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         },
         WireRequest::Reload => Request::Reload,
         WireRequest::Shutdown => Request::Shutdown,
+        WireRequest::Reopen => Request::Reopen,
     })
 }
 
@@ -210,6 +214,7 @@ mod tests {
                 follow: true
             })
         );
+        assert_eq!(parse_request(br#"{"verb":"reopen"}"#), Ok(Request::Reopen));
     }
 
     #[test]

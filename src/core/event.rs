@@ -94,6 +94,13 @@ pub enum Event {
     Reload {
         programs: std::collections::BTreeMap<String, Fate>,
     },
+    /// A log file dropped `lines` lines while it could not be written
+    /// (reported when writing works again, or at the end).
+    LogDropped {
+        label: String,
+        file: String,
+        lines: u64,
+    },
     Summary {
         spawned: u64,
         succeeded: u64,
@@ -223,5 +230,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v["event"], "spawn_failed");
+        let v = serde_json::to_value(Event::LogDropped {
+            label: "web.1".into(),
+            file: "/srv/log/web.1.log".into(),
+            lines: 3,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "log_dropped", "label": "web.1", "file": "/srv/log/web.1.log", "lines": 3})
+        );
     }
 }

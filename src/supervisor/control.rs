@@ -243,6 +243,12 @@ impl Supervisor {
                 self.begin_shutdown(ShutdownReason::Ctl);
                 json!({"ok": true})
             }
+            Request::Reopen => {
+                let files = self.logs.reopen_all(std::time::Instant::now());
+                let reports = self.logs.take_reports();
+                self.report_dropped(reports);
+                json!({"ok": true, "files": files})
+            }
         }
     }
 
@@ -270,7 +276,7 @@ impl Supervisor {
         let recent: Vec<Value> = ctl
             .rings
             .get(&program)
-            .map(|r| r.last(lines, keep).into_iter().map(line_json).collect())
+            .map(|r| r.last(lines, keep).iter().map(line_json).collect())
             .unwrap_or_default();
         if follow {
             let cursors = ctl.rings.iter().map(|(p, r)| (*p, r.next_seq())).collect();
@@ -307,7 +313,7 @@ impl Supervisor {
                 let keep = |l: &LogLine| label.as_ref().is_none_or(|want| &l.label == want);
                 let cursor = follow.cursors.entry(program).or_insert(0);
                 for l in ring.since(*cursor, keep) {
-                    client.out.extend_from_slice(line_json(l).to_string().as_bytes());
+                    client.out.extend_from_slice(line_json(&l).to_string().as_bytes());
                     client.out.push(b'\n');
                     sent = true;
                 }

@@ -33,6 +33,7 @@ use crate::core::run::RunCore;
 use crate::core::timers::{Timer, Timers};
 use crate::error::Error;
 use crate::events::Events;
+use crate::logfile::LogFiles;
 use crate::logging;
 use crate::output::{self, Sink};
 use crate::signals;
@@ -160,6 +161,8 @@ pub struct Supervisor {
     cut_short: bool,
     /// Run mode: how to plan the run again (`ctl reload`).
     reload: Option<run::ReloadState>,
+    /// The instances' log files (`log = {...}`).
+    logs: LogFiles,
 }
 
 impl Supervisor {
@@ -248,7 +251,14 @@ impl Supervisor {
             output_error: None,
             cut_short: false,
             reload: None,
+            logs: LogFiles::default(),
         })
+    }
+
+    /// Instances of these programs also write their lines to files.
+    pub fn with_log_files(mut self, logs: LogFiles) -> Supervisor {
+        self.logs = logs;
+        self
     }
 
     /// Run until shutdown is complete. Returns the exit code.
@@ -532,6 +542,9 @@ impl Supervisor {
     // ----- the end ---------------------------------------------------------
 
     fn finish(mut self) -> Outcome {
+        // Before the summary, which is always the last event.
+        let dropped = self.logs.finish(Instant::now());
+        self.report_dropped(dropped);
         let s = self.stats;
         log::info!(
             "summary: spawned {}, succeeded {}, failed {}, spawn_failed {}, stopped {}",

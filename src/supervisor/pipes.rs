@@ -1,18 +1,22 @@
 //! Children's output and brood's own words: reading pipes within a per-turn
 //! budget, framing lines, prefixing them, and writing them whole to the two
-//! sinks (brood's stdout and stderr) without ever blocking the loop.
+//! sinks (brood's stdout and stderr) without ever blocking the loop. Lines
+//! of instances with a log file also go to `crate::logfile`'s buffers,
+//! written once per turn.
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use mio::unix::SourceFd;
 use mio::Token;
 
 use super::Supervisor;
 use crate::children::Stream;
+use crate::core::event::Event;
 use crate::core::ids::ChildId;
 use crate::core::timers::Timer;
+use crate::logfile::{Clock, Dropped};
 use crate::logging;
 use crate::output::{self, Sink};
 
@@ -104,6 +108,7 @@ impl Supervisor {
             }
         }
         self.ready.extend(blocked);
+        self.flush_logs();
         if self.ready.len() > 1 {
             let mut seen = HashSet::with_capacity(self.ready.len());
             self.ready.retain(|t| seen.insert(*t));
@@ -163,9 +168,16 @@ impl Supervisor {
             .as_mut()
             .and_then(|c| c.rings.get_mut(&child.program));
         let label = &child.label;
+        let logs = &mut self.logs;
+        let log = logs.file_of(child.program, child.n, label);
+        // One time per read: every line of it was read at once.
+        let mut clock = log.map(|_| Clock::new(Instant::now(), SystemTime::now()));
         let mut emit = |line: &[u8]| {
             if let Some(r) = ring.as_mut() {
                 r.push(label, stream == Stream::Stderr, line);
+            }
+            if let (Some(file), Some(clock)) = (log, clock.as_mut()) {
+                logs.push(file, line, clock);
             }
             if opts.timestamps {
                 let mut p = output::timestamp();
@@ -182,6 +194,30 @@ impl Supervisor {
         }
         pipe.framer.feed(&self.scratch[..n], &mut emit);
         true
+    }
+
+    /// Write the log files' buffers, and report the lines files dropped
+    /// while they could not be written.
+    pub(super) fn flush_logs(&mut self) {
+        self.logs.flush(Instant::now());
+        let reports = self.logs.take_reports();
+        self.report_dropped(reports);
+    }
+
+    pub(super) fn report_dropped(&mut self, reports: Vec<Dropped>) {
+        for d in reports {
+            log::warn!(
+                "log file {}: {} lines of {} dropped while it could not be written",
+                d.file.display(),
+                d.lines,
+                d.label
+            );
+            self.events.emit(&Event::LogDropped {
+                label: d.label,
+                file: d.file.display().to_string(),
+                lines: d.lines,
+            });
+        }
     }
 
     pub(super) fn close_pipe(&mut self, id: ChildId, stream: Stream) {

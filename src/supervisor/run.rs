@@ -218,6 +218,7 @@ impl Supervisor {
             };
             changes.push((id, entry, u64::from(p.numprocs), fate));
             if matches!(fate, Fate::Restarted | Fate::Started) {
+                self.logs.set_spec(id, p.name.clone(), p.log.clone());
                 images.push((id, p.program));
             }
         }
