@@ -78,6 +78,19 @@ pub enum ReadyBy {
     Exec,
 }
 
+impl ReadyBy {
+    pub fn word(self) -> &'static str {
+        match self {
+            ReadyBy::Notify => "notify",
+            ReadyBy::Fd => "fd",
+            ReadyBy::Log => "log",
+            ReadyBy::Tcp => "tcp",
+            ReadyBy::Http => "http",
+            ReadyBy::Exec => "exec",
+        }
+    }
+}
+
 /// What happened to the instance, or what was asked of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {

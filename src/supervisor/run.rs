@@ -51,6 +51,22 @@ impl Supervisor {
                         Event::Fatal { label, reason } => {
                             log::error!("{label} is fatal: {reason}; not restarting it")
                         }
+                        Event::Blocked { name, reason } => log::warn!("{name} is blocked: {reason}"),
+                        Event::Ready {
+                            label, by, after_ms, ..
+                        } => log::info!("{label} is ready ({}, after {after_ms}ms)", by.word()),
+                        Event::ReadyTimeout { label, reason, .. } => {
+                            log::warn!("{label} {reason}: stopping it (a failed start)")
+                        }
+                        Event::Unhealthy { label, reason, .. } => {
+                            log::warn!("{label} is unhealthy ({reason}): restarting it")
+                        }
+                        Event::Strategy {
+                            kind,
+                            trigger,
+                            restarting,
+                        } => log::info!("{trigger} failed: {kind} restarts {}", restarting.join(", ")),
+                        Event::Escalate { reason, .. } => log::error!("giving up: {reason}"),
                         _ => {}
                     }
                     self.events.emit(&event);
