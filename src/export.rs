@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    self, IdSpec, IdValue, Limit, ProcessAttrs, ProgramSpec, RestartPolicy, RunConfig, RunProgram,
+    self, HealthSpec, IdSpec, IdValue, Limit, ProbeSpec, ProcessAttrs, ProgramSpec, ReadyKind, ReadySpec,
+    RestartPolicy, RunConfig, RunProgram,
 };
 use crate::core::graph::{Condition, ShutdownOn};
 use crate::error::Error;
@@ -144,6 +145,8 @@ fn systemd_service(
         // Under systemd journald keeps the output, under Kubernetes the
         // container runtime: brood's own files are `brood run`'s.
         log: _,
+        ready,
+        health,
     } = p;
     let ProgramSpec {
         name,
@@ -199,7 +202,39 @@ fn systemd_service(
         let _ = writeln!(out, "StartLimitBurst={}", max_restarts + 1);
     }
     let _ = writeln!(out, "\n[Service]");
-    let _ = writeln!(out, "Type=simple");
+    match ready {
+        Some(ReadySpec {
+            kind: ReadyKind::Notify { watchdog },
+            timeout,
+            interval: _,
+        }) => {
+            let _ = writeln!(out, "Type=notify");
+            // brood takes READY=1 from any process of the instance's group
+            // (a shell script's systemd-notify included); systemd's default
+            // for Type=notify is the main process only.
+            let _ = writeln!(out, "NotifyAccess=all");
+            let _ = writeln!(out, "TimeoutStartSec={}", secs(*timeout));
+            if let Some(w) = watchdog {
+                let _ = writeln!(out, "WatchdogSec={}", secs(*w));
+            }
+        }
+        Some(r) => {
+            log::warn!(
+                "program '{name}': ready = {{ {} = ... }} has no equivalent in a unit: it is Type=simple, ready once started",
+                r.kind.kind()
+            );
+            let _ = writeln!(out, "Type=simple");
+        }
+        None => {
+            let _ = writeln!(out, "Type=simple");
+        }
+    }
+    if let Some(h) = health {
+        log::warn!(
+            "program '{name}': health = {{ {} = ... }} has no equivalent in a unit (systemd does not probe): left out",
+            h.probe.kind()
+        );
+    }
     for line in attr_lines {
         let _ = writeln!(out, "{line}");
     }
@@ -375,6 +410,8 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
         // Under systemd journald keeps the output, under Kubernetes the
         // container runtime: brood's own files are `brood run`'s.
         log: _,
+        ready,
+        health,
     } = p;
     let ProgramSpec {
         name,
@@ -475,6 +512,7 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
             );
         }
     }
+    kubernetes_probes(&mut out, name, ready.as_ref(), health.as_ref());
     if !security.is_empty() {
         let _ = writeln!(out, "          securityContext:");
         for line in security {
@@ -536,6 +574,95 @@ fn kubernetes_security(name: &str, attrs: &ProcessAttrs) -> Result<Vec<String>, 
     Ok(lines)
 }
 
+/// `ready` and `health` as the container's probes. A tcp, http or exec
+/// readiness check becomes a startupProbe (not ready within `timeout`:
+/// the container is restarted, as brood restarts the instance) and the
+/// same check as the readinessProbe (the pod gets traffic while it
+/// answers); `health` becomes the livenessProbe. notify, fd and log have
+/// no equivalent: warned, left out.
+fn kubernetes_probes(out: &mut String, name: &str, ready: Option<&ReadySpec>, health: Option<&HealthSpec>) {
+    if let Some(r) = ready {
+        match &r.kind {
+            ReadyKind::Probe(probe) => {
+                // One attempt may take up to the interval, at least 1 s
+                // (what brood's loop allows an attempt while starting).
+                let period = whole_seconds(r.interval);
+                let attempts = r.timeout.as_secs_f64() / period as f64;
+                let startup_failures = (attempts.ceil() as u64).max(1);
+                write_probe(out, "startupProbe", name, probe, period, period, startup_failures);
+                write_probe(out, "readinessProbe", name, probe, period, period, 1);
+            }
+            other => log::warn!(
+                "program '{name}': ready = {{ {} = ... }} has no equivalent in Kubernetes: the pod is ready once started",
+                other.kind()
+            ),
+        }
+    }
+    if let Some(h) = health {
+        write_probe(
+            out,
+            "livenessProbe",
+            name,
+            &h.probe,
+            whole_seconds(h.interval),
+            whole_seconds(h.timeout),
+            u64::from(h.failures),
+        );
+    }
+}
+
+/// Kubernetes counts probe times in whole seconds, at least 1: rounded up.
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    grace_seconds(d)
+}
+
+fn write_probe(
+    out: &mut String,
+    key: &str,
+    name: &str,
+    probe: &ProbeSpec,
+    period: u64,
+    timeout: u64,
+    failures: u64,
+) {
+    let _ = writeln!(out, "          {key}:");
+    let port_warning = |addr: &std::net::SocketAddr| {
+        if addr.ip().is_loopback() {
+            log::warn!(
+                "program '{name}': {key} on port {}: the kubelet probes the pod's IP, not {}: the server must listen there too",
+                addr.port(),
+                addr.ip()
+            );
+        }
+    };
+    match probe {
+        ProbeSpec::Tcp(addr) => {
+            port_warning(addr);
+            let _ = writeln!(out, "            tcpSocket:\n              port: {}", addr.port());
+        }
+        ProbeSpec::Http(target) => {
+            port_warning(&target.addr);
+            let _ = writeln!(
+                out,
+                "            httpGet:\n              path: {}\n              port: {}",
+                yaml_str(&target.path),
+                target.addr.port()
+            );
+        }
+        ProbeSpec::Exec(argv) => {
+            let words: Vec<String> = argv.iter().map(|a| yaml_str(&lossy(a))).collect();
+            let _ = writeln!(
+                out,
+                "            exec:\n              command: [{}]",
+                words.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(out, "            periodSeconds: {period}");
+    let _ = writeln!(out, "            timeoutSeconds: {timeout}");
+    let _ = writeln!(out, "            failureThreshold: {failures}");
+}
+
 /// Write `files` into `dir` (created if needed).
 pub fn write_files(dir: &Path, files: &[(String, String)]) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -583,6 +710,8 @@ mod tests {
                 depends_on: Vec::new(),
                 shutdown_on: Default::default(),
                 log: None,
+                ready: None,
+                health: None,
             }],
             env: Vec::new(),
             port_base: None,

@@ -20,6 +20,7 @@ pub mod init;
 pub mod logfile;
 pub mod logging;
 pub mod output;
+pub mod probe;
 pub mod reaper;
 pub mod run_plan;
 pub mod signals;

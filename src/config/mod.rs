@@ -5,6 +5,7 @@
 mod attrs;
 mod dotenv;
 mod logspec;
+pub mod probe;
 mod procfile;
 mod toml_file;
 
@@ -20,6 +21,7 @@ pub use attrs::{
 };
 pub use dotenv::load_env_file;
 pub use logspec::{parse_size, LogSpec, LogTarget};
+pub use probe::{HealthSpec, ProbeSpec, ReadyKind, ReadySpec};
 
 /// The longest duration brood accepts anywhere (a timeout, a backoff, a
 /// window): a year. Longer is a typo, and deadlines far in the future only
@@ -174,6 +176,11 @@ pub struct RunProgram {
     pub shutdown_on: ShutdownOn,
     /// `log = {...}`: its instances' lines also go to files.
     pub log: Option<LogSpec>,
+    /// `ready = {...}`: how an instance says it is ready (none: ready
+    /// when started).
+    pub ready: Option<ReadySpec>,
+    /// `health = {...}`: probed once the instance is ready.
+    pub health: Option<HealthSpec>,
 }
 
 /// `[supervisor]`: the restart strategy and the supervisor-wide budget.

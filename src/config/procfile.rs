@@ -98,6 +98,8 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             depends_on: Vec::new(),
             shutdown_on: Default::default(),
             log: None,
+            ready: None,
+            health: None,
         });
     }
     if programs.is_empty() {

@@ -18,9 +18,13 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::logspec::{self, LogSpec, LogTarget};
+use super::probe::{
+    DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_READY_INTERVAL,
+    DEFAULT_READY_TIMEOUT, MIN_INTERVAL, READY_FD_RANGE,
+};
 use super::{
-    duration_from_secs, located, parse_duration, shown_number, valid_name, ProgramSpec, RestartPolicy,
-    RunProgram, SupervisorSpec,
+    duration_from_secs, located, parse_duration, shown_number, valid_name, HealthSpec, ProbeSpec,
+    ProgramSpec, ReadyKind, ReadySpec, RestartPolicy, RunProgram, SupervisorSpec,
 };
 use crate::core::graph::{start_order, Condition, ShutdownOn, Strategy};
 use crate::error::Error;
@@ -79,6 +83,8 @@ struct Program {
     clear_env: Option<bool>,
     stdin: Option<Spanned<String>>,
     log: Option<Spanned<Log>>,
+    ready: Option<Spanned<Ready>>,
+    health: Option<Spanned<Health>>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +102,34 @@ struct Log {
 enum SizeValue {
     Text(String),
     Bytes(i64),
+}
+
+/// `ready = { KIND = ..., timeout, interval }`: exactly one KIND.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ready {
+    notify: Option<Spanned<bool>>,
+    watchdog: Option<Spanned<DurationValue>>,
+    fd: Option<Spanned<i64>>,
+    log: Option<Spanned<String>>,
+    tcp: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    exec: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<DurationValue>>,
+    interval: Option<Spanned<DurationValue>>,
+}
+
+/// `health = { KIND = ..., interval, timeout, failures }`: exactly one of
+/// tcp, http, exec.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    tcp: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    exec: Option<Spanned<Vec<String>>>,
+    interval: Option<Spanned<DurationValue>>,
+    timeout: Option<Spanned<DurationValue>>,
+    failures: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -377,6 +411,14 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
             None => None,
             Some(l) => Some(log_spec(l, &name, dir, &err)?),
         };
+        let ready = match prog.ready {
+            None => None,
+            Some(r) => Some(ready_spec(&name, r, &err, &duration)?),
+        };
+        let health = match prog.health {
+            None => None,
+            Some(h) => Some(health_spec(&name, h, &err, &duration)?),
+        };
         programs.push((
             start,
             depends_on,
@@ -403,6 +445,8 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 depends_on: Vec::new(),
                 shutdown_on,
                 log,
+                ready,
+                health,
             },
         ));
     }
@@ -581,6 +625,231 @@ fn log_spec(
         max_size,
         keep,
         timestamps: log.timestamps.unwrap_or(false),
+    })
+}
+
+type ErrAt<'a> = &'a dyn Fn(usize, &str) -> Error;
+type DurationOf<'a> = &'a dyn Fn(Option<Spanned<DurationValue>>, &str, Duration) -> Result<Duration, Error>;
+
+/// A probe's interval or timeout: a duration, and at least `min`.
+fn at_least(
+    v: Option<Spanned<DurationValue>>,
+    what: &str,
+    default: Duration,
+    min: Duration,
+    err: ErrAt,
+    duration: DurationOf,
+) -> Result<Duration, Error> {
+    let at = v.as_ref().map_or(0, |v| v.span().start);
+    let d = duration(v, what, default)?;
+    if d < min {
+        let shown = if min == MIN_INTERVAL {
+            "at least 10ms"
+        } else {
+            "more than 0"
+        };
+        return Err(err(at, &format!("{what} must be {shown}")));
+    }
+    Ok(d)
+}
+
+/// The probe kinds both tables share: (span, spec) of each one given.
+fn probe_kinds(
+    name: &str,
+    table: &str,
+    tcp: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    exec: Option<Spanned<Vec<String>>>,
+    err: ErrAt,
+) -> Result<Vec<(usize, &'static str, ProbeSpec)>, Error> {
+    let mut kinds = Vec::new();
+    if let Some(t) = tcp {
+        let at = t.span().start;
+        let addr = crate::probe::net::parse_host_port(t.get_ref())
+            .map_err(|why| err(at, &format!("program '{name}': {table}.tcp: {why}")))?;
+        kinds.push((at, "tcp", ProbeSpec::Tcp(addr)));
+    }
+    if let Some(h) = http {
+        let at = h.span().start;
+        let target = crate::probe::net::parse_http_url(h.get_ref())
+            .map_err(|why| err(at, &format!("program '{name}': {table}.http: {why}")))?;
+        kinds.push((at, "http", ProbeSpec::Http(target)));
+    }
+    if let Some(e) = exec {
+        let at = e.span().start;
+        let argv = e.into_inner();
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(err(at, &format!("program '{name}': {table}.exec is empty")));
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err(err(
+                at,
+                &format!("program '{name}': {table}.exec contains a NUL byte"),
+            ));
+        }
+        kinds.push((
+            at,
+            "exec",
+            ProbeSpec::Exec(argv.into_iter().map(Into::into).collect()),
+        ));
+    }
+    Ok(kinds)
+}
+
+/// One kind, or an error that names what is missing or doubled.
+fn exactly_one<T>(
+    name: &str,
+    table: &str,
+    table_at: usize,
+    mut kinds: Vec<(usize, &'static str, T)>,
+    allowed: &str,
+    err: ErrAt,
+) -> Result<T, Error> {
+    kinds.sort_by_key(|(at, _, _)| *at);
+    match kinds.len() {
+        0 => Err(err(
+            table_at,
+            &format!("program '{name}': {table} needs one of {allowed}"),
+        )),
+        1 => Ok(kinds.remove(0).2),
+        _ => Err(err(
+            kinds[1].0,
+            &format!(
+                "program '{name}': {table} takes one kind, not both {} and {}",
+                kinds[0].1, kinds[1].1
+            ),
+        )),
+    }
+}
+
+fn ready_spec(name: &str, r: Spanned<Ready>, err: ErrAt, duration: DurationOf) -> Result<ReadySpec, Error> {
+    let table_at = r.span().start;
+    let r = r.into_inner();
+    let mut kinds = Vec::new();
+    match r.notify {
+        Some(n) if !*n.get_ref() => {
+            return Err(err(
+                n.span().start,
+                &format!("program '{name}': ready.notify must be true (leave ready out for none)"),
+            ))
+        }
+        Some(n) => {
+            let watchdog = match r.watchdog {
+                None => None,
+                Some(w) => Some(at_least(
+                    Some(w),
+                    "ready.watchdog",
+                    Duration::ZERO,
+                    MIN_INTERVAL,
+                    err,
+                    duration,
+                )?),
+            };
+            kinds.push((n.span().start, "notify", ReadyKind::Notify { watchdog }));
+        }
+        None => {
+            if let Some(w) = &r.watchdog {
+                return Err(err(
+                    w.span().start,
+                    &format!("program '{name}': ready.watchdog needs notify = true"),
+                ));
+            }
+        }
+    }
+    if let Some(fd) = r.fd {
+        let at = fd.span().start;
+        let n = i32::try_from(*fd.get_ref())
+            .ok()
+            .filter(|n| READY_FD_RANGE.contains(n))
+            .ok_or_else(|| {
+                err(
+                    at,
+                    &format!(
+                        "program '{name}': ready.fd must be between {} and {} (0, 1 and 2 are stdio)",
+                        READY_FD_RANGE.start(),
+                        READY_FD_RANGE.end()
+                    ),
+                )
+            })?;
+        kinds.push((at, "fd", ReadyKind::Fd(n)));
+    }
+    if let Some(l) = r.log {
+        let at = l.span().start;
+        let matcher = crate::probe::LineMatcher::new(l.get_ref())
+            .map_err(|why| err(at, &format!("program '{name}': ready.log: {why}")))?;
+        kinds.push((at, "log", ReadyKind::Log(matcher)));
+    }
+    for (at, key, probe) in probe_kinds(name, "ready", r.tcp, r.http, r.exec, err)? {
+        kinds.push((at, key, ReadyKind::Probe(probe)));
+    }
+    let kind = exactly_one(
+        name,
+        "ready",
+        table_at,
+        kinds,
+        "notify, fd, log, tcp, http, exec",
+        err,
+    )?;
+    Ok(ReadySpec {
+        kind,
+        timeout: at_least(
+            r.timeout,
+            "ready.timeout",
+            DEFAULT_READY_TIMEOUT,
+            Duration::from_nanos(1),
+            err,
+            duration,
+        )?,
+        interval: at_least(
+            r.interval,
+            "ready.interval",
+            DEFAULT_READY_INTERVAL,
+            MIN_INTERVAL,
+            err,
+            duration,
+        )?,
+    })
+}
+
+fn health_spec(
+    name: &str,
+    h: Spanned<Health>,
+    err: ErrAt,
+    duration: DurationOf,
+) -> Result<HealthSpec, Error> {
+    let table_at = h.span().start;
+    let h = h.into_inner();
+    let kinds = probe_kinds(name, "health", h.tcp, h.http, h.exec, err)?;
+    let probe = exactly_one(name, "health", table_at, kinds, "tcp, http, exec", err)?;
+    let failures = match h.failures {
+        None => DEFAULT_HEALTH_FAILURES,
+        Some(n) if (1..=1_000).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            return Err(err(
+                n.span().start,
+                &format!("program '{name}': health.failures must be between 1 and 1000"),
+            ))
+        }
+    };
+    Ok(HealthSpec {
+        probe,
+        interval: at_least(
+            h.interval,
+            "health.interval",
+            DEFAULT_HEALTH_INTERVAL,
+            MIN_INTERVAL,
+            err,
+            duration,
+        )?,
+        timeout: at_least(
+            h.timeout,
+            "health.timeout",
+            DEFAULT_HEALTH_TIMEOUT,
+            Duration::from_nanos(1),
+            err,
+            duration,
+        )?,
+        failures,
     })
 }
 

@@ -13,7 +13,8 @@
 //! in init mode, set the ones brood's parent ignored back to SIG_IGN),
 //! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
-//! fds), `setrlimit` (first the RLIMIT_NOFILE brood started with, then the
+//! fds), `dup2` or `fcntl(F_SETFD, 0)` (the extra fd, after close_range so
+//! that it stays open across exec), `setrlimit` (first the RLIMIT_NOFILE brood started with, then the
 //! config's `rlimits`, so a configured `nofile` wins), `setpriority`
 //! (`nice`), `umask`, then the raw syscalls `setgroups`, `setgid` and
 //! `setuid` (`user`, `group`), `prctl(PR_SET_PDEATHSIG)` and `getppid`
@@ -167,6 +168,10 @@ pub struct ChildSetup<'a> {
     /// Supplementary groups, gid and uid to switch to: all three or none
     /// (the uid may stay brood's, for `group` alone).
     pub ids: Option<(&'a [libc::gid_t], libc::gid_t, Option<libc::uid_t>)>,
+    /// `(src, target)`: one more fd the child keeps across exec as
+    /// `target` (s6's notification-fd), or `(-1, -1)`. `target` is never
+    /// `err_fd` (the parent moved the error pipe away from it).
+    pub extra_fd: (RawFd, RawFd),
 }
 
 /// Set the child up and exec. Never returns: the only ways out are a
@@ -227,6 +232,20 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
             fd += 1;
+        }
+    }
+
+    // After close_range, which would mark it close-on-exec: dup2 gives the
+    // new fd no FD_CLOEXEC; `src` itself stays close-on-exec and goes at
+    // exec. On its own number, clear the flag instead.
+    let (src, target) = setup.extra_fd;
+    if src >= 0 {
+        if src == target {
+            if libc::fcntl(src, libc::F_SETFD, 0) != 0 {
+                fail(setup.err_fd, Stage::Setup);
+            }
+        } else if libc::dup2(src, target) < 0 {
+            fail(setup.err_fd, Stage::Setup);
         }
     }
 

@@ -125,6 +125,17 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     unsafe { child::exec_child(&*(arg as *const ChildSetup)) }
 }
 
+/// One more fd for the child beyond 0, 1 and 2 (s6's notification-fd,
+/// `ready = { fd = N }`): `fd` becomes the child's fd `target`, open across
+/// exec. brood's own copy is closed when the spawn returns, so the reader
+/// sees EOF once the child (and whoever inherited it) has closed it.
+#[derive(Debug)]
+pub struct ExtraFd {
+    pub fd: OwnedFd,
+    /// The child's fd number: 3 or more (0, 1 and 2 are stdio).
+    pub target: RawFd,
+}
+
 pub struct Spawned {
     pub pid: Pid,
     pub stdout: Option<OwnedFd>,
@@ -283,6 +294,20 @@ fn set_nonblocking(fd: &OwnedFd) {
 
 /// Fork one child and exec `image` with `argv` in it.
 pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> Result<Spawned, SpawnError> {
+    spawn_with(ctx, image, argv, stdio, None)
+}
+
+/// [`spawn`], and give the child `extra` as one more open fd.
+pub fn spawn_with(
+    ctx: &SpawnContext,
+    image: &Image,
+    argv: &CArray,
+    stdio: Stdio,
+    extra: Option<ExtraFd>,
+) -> Result<Spawned, SpawnError> {
+    if extra.as_ref().is_some_and(|e| e.target < 3) {
+        return Err(SpawnError::Fork(Errno::EBADF));
+    }
     let (out, err) = match stdio {
         Stdio::Capture => (
             Some(pipe_cloexec().map_err(SpawnError::Fork)?),
@@ -293,6 +318,18 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
     // Non-blocking: see the read after the clone.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
         .map_err(SpawnError::Fork)?;
+    // The child puts the extra fd on `target` with dup2, which would close
+    // the error pipe if it were there: move the pipe out of the way.
+    let err_w = match &extra {
+        Some(e) if err_w.as_raw_fd() == e.target => {
+            nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(e.target + 1))
+                // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing
+                // else owns.
+                .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+                .map_err(SpawnError::Fork)?
+        }
+        _ => err_w,
+    };
 
     // A pipe brood holds open and never writes: the child's reads block
     // (watchers that quit at EOF keep running) until brood drops the write
@@ -338,6 +375,7 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
         nice: image.attrs.nice,
         umask: image.attrs.umask,
         ids: creds.map(|c| (&c.groups[..], c.gid, c.uid)),
+        extra_fd: extra.as_ref().map_or((-1, -1), |e| (e.fd.as_raw_fd(), e.target)),
     };
 
     // Block every signal across fork, so that none runs brood's handler in
@@ -379,6 +417,8 @@ pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> 
     };
     drop(err_w);
     let stdin_w = stdin_pipe.map(|(_r, w)| w);
+    // brood's copy of the extra fd: the child has its own now.
+    drop(extra);
     if ctx.new_group {
         // Also from the parent, so the group exists before we can signal it.
         // EACCES after the child's exec is harmless: it did it itself.
