@@ -1181,3 +1181,212 @@ restart = "never"
         }
     }
 }
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use crate::probe::HttpTarget;
+
+    fn p(text: &str) -> Result<Vec<RunProgram>, Error> {
+        parse(text, Path::new("brood.toml"), Path::new("/srv"))
+    }
+
+    fn one(extra: &str) -> RunProgram {
+        p(&format!("[program.a]\ncommand = [\"x\"]\n{extra}\n"))
+            .unwrap()
+            .remove(0)
+    }
+
+    fn error(extra: &str) -> String {
+        p(&format!("[program.a]\ncommand = [\"x\"]\n{extra}\n"))
+            .unwrap_err()
+            .message
+    }
+
+    #[test]
+    fn no_ready_or_health_by_default() {
+        let a = one("");
+        assert!(a.ready.is_none() && a.health.is_none());
+    }
+
+    #[test]
+    fn ready_kinds_and_defaults() {
+        let r = one("ready = { tcp = \"127.0.0.1:5432\", timeout = \"30s\" }")
+            .ready
+            .unwrap();
+        assert_eq!(
+            r.kind,
+            ReadyKind::Probe(ProbeSpec::Tcp("127.0.0.1:5432".parse().unwrap()))
+        );
+        assert_eq!(r.timeout, Duration::from_secs(30));
+        assert_eq!(r.interval, Duration::from_millis(250));
+
+        let r = one("ready = { notify = true, watchdog = \"2s\" }").ready.unwrap();
+        assert_eq!(
+            r.kind,
+            ReadyKind::Notify {
+                watchdog: Some(Duration::from_secs(2))
+            }
+        );
+        assert_eq!(r.timeout, Duration::from_secs(60));
+
+        let r = one("ready = { fd = 3, interval = \"1s\" }").ready.unwrap();
+        assert_eq!(r.kind, ReadyKind::Fd(3));
+        assert_eq!(r.interval, Duration::from_secs(1));
+
+        let r = one("ready = { log = 'listening on \\d+' }").ready.unwrap();
+        match r.kind {
+            ReadyKind::Log(m) => assert!(m.is_match(b"web listening on 8000")),
+            other => panic!("{other:?}"),
+        }
+
+        let r = one("ready = { http = \"http://localhost:8000/health\" }")
+            .ready
+            .unwrap();
+        assert_eq!(
+            r.kind,
+            ReadyKind::Probe(ProbeSpec::Http(HttpTarget {
+                addr: "127.0.0.1:8000".parse().unwrap(),
+                host: "localhost:8000".into(),
+                path: "/health".into(),
+            }))
+        );
+
+        let r = one("ready = { exec = [\"pg_isready\", \"-q\"] }").ready.unwrap();
+        assert_eq!(
+            r.kind,
+            ReadyKind::Probe(ProbeSpec::Exec(vec!["pg_isready".into(), "-q".into()]))
+        );
+        assert_eq!(r.kind.kind(), "exec");
+    }
+
+    #[test]
+    fn health_kinds_and_defaults() {
+        let h = one("health = { http = \"http://127.0.0.1:8000/\", interval = \"5s\", failures = 2 }")
+            .health
+            .unwrap();
+        assert_eq!(h.probe.kind(), "http");
+        assert_eq!(h.interval, Duration::from_secs(5));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!(h.failures, 2);
+        let h = one("[program.a.health]\ntcp = \"[::1]:9\"\ntimeout = \"250ms\"")
+            .health
+            .unwrap();
+        assert_eq!(h.probe, ProbeSpec::Tcp("[::1]:9".parse().unwrap()));
+        assert_eq!(h.interval, Duration::from_secs(10));
+        assert_eq!(h.timeout, Duration::from_millis(250));
+        assert_eq!(h.failures, 3);
+    }
+
+    #[test]
+    fn ready_errors_name_their_position() {
+        let cases = [
+            (
+                "ready = { timeout = \"5s\" }",
+                "brood.toml:3:9: program 'a': ready needs one of notify, fd, log",
+            ),
+            (
+                "ready = { tcp = \"127.0.0.1:1\", http = \"http://127.0.0.1/\" }",
+                "brood.toml:3:39: program 'a': ready takes one kind, not both tcp and http",
+            ),
+            (
+                "ready = { notify = false }",
+                "brood.toml:3:20: program 'a': ready.notify must be true",
+            ),
+            (
+                "ready = { fd = 3, watchdog = \"1s\" }",
+                "brood.toml:3:30: program 'a': ready.watchdog needs notify",
+            ),
+            (
+                "ready = { fd = 2 }",
+                "brood.toml:3:16: program 'a': ready.fd must be between 3 and 1023",
+            ),
+            (
+                "ready = { fd = 1024 }",
+                "brood.toml:3:16: program 'a': ready.fd must be between 3 and 1023",
+            ),
+            (
+                "ready = { log = \"(\" }",
+                "brood.toml:3:17: program 'a': ready.log: invalid regex: unclosed group",
+            ),
+            (
+                "ready = { tcp = \"db:5432\" }",
+                "brood.toml:3:17: program 'a': ready.tcp: 'db' is not an IP address",
+            ),
+            (
+                "ready = { tcp = \"127.0.0.1\" }",
+                "brood.toml:3:17: program 'a': ready.tcp: '127.0.0.1' needs a port",
+            ),
+            (
+                "ready = { http = \"https://127.0.0.1/\" }",
+                "brood.toml:3:18: program 'a': ready.http: https is not",
+            ),
+            (
+                "ready = { exec = [] }",
+                "brood.toml:3:18: program 'a': ready.exec is empty",
+            ),
+            (
+                "ready = { notify = true, timeout = \"0s\" }",
+                "brood.toml:3:36: ready.timeout must be more than 0",
+            ),
+            (
+                "ready = { notify = true, interval = \"1ms\" }",
+                "brood.toml:3:37: ready.interval must be at least 10ms",
+            ),
+            (
+                "ready = { notify = true, watchdog = \"0\" }",
+                "brood.toml:3:37: ready.watchdog must be at least 10ms",
+            ),
+            (
+                "ready = { notify = true, timeout = \"soon\" }",
+                "brood.toml:3:36: ready.timeout: invalid duration",
+            ),
+            ("ready = { notify = true, tcp = 1 }", "brood.toml:3:"),
+            (
+                "ready = { notify = true, port = 1 }",
+                "brood.toml:3:26: unknown field `port`",
+            ),
+            ("ready = \"notify\"", "brood.toml:3:9:"),
+        ];
+        for (text, want) in cases {
+            let e = error(text);
+            assert!(e.starts_with(want), "{text}: got {e}");
+            assert!(!e.contains('\n'), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn health_errors_name_their_position() {
+        let cases = [
+            (
+                "health = { interval = \"5s\" }",
+                "brood.toml:3:10: program 'a': health needs one of tcp, http, exec",
+            ),
+            (
+                "health = { notify = true }",
+                "brood.toml:3:12: unknown field `notify`",
+            ),
+            ("health = { log = \"x\" }", "brood.toml:3:12: unknown field `log`"),
+            (
+                "health = { tcp = \"127.0.0.1:1\", failures = 0 }",
+                "brood.toml:3:44: program 'a': health.failures",
+            ),
+            (
+                "health = { tcp = \"127.0.0.1:1\", timeout = 0 }",
+                "brood.toml:3:43: health.timeout must be more than 0",
+            ),
+            (
+                "health = { tcp = \"127.0.0.1:1\", interval = \"0s\" }",
+                "brood.toml:3:44: health.interval must be at least",
+            ),
+            (
+                "health = { exec = [\"true\"], tcp = \"127.0.0.1:1\" }",
+                "brood.toml:3:35: program 'a': health takes one kind, not both exec and tcp",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = error(text);
+            assert!(e.starts_with(want), "{text}: got {e}");
+        }
+    }
+}

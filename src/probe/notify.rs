@@ -32,7 +32,9 @@ pub const MAX_DATAGRAM: usize = 4096;
 
 /// How many datagrams one [`NotifySocket::recv_all`] call takes before it
 /// lets the loop do other work: a child that floods the socket must not
-/// starve the others.
+/// starve the others. (The kernel queues few datagrams per socket,
+/// `net.unix.max_dgram_qlen`, often 10 to 512; senders then block or get
+/// EAGAIN until brood reads.)
 pub const RECV_BUDGET: usize = 64;
 
 /// The longest socket path `sockaddr_un` holds (108 bytes with the NUL).
@@ -169,8 +171,13 @@ impl NotifySocket {
     /// Receive waiting datagrams (up to [`RECV_BUDGET`]) and hand each to
     /// `f`, in order. A datagram without credentials, or longer than
     /// [`MAX_DATAGRAM`], is dropped. Never blocks.
-    pub fn recv_all(&mut self, mut f: impl FnMut(Notification)) -> io::Result<Drained> {
-        for _ in 0..RECV_BUDGET {
+    pub fn recv_all(&mut self, f: impl FnMut(Notification)) -> io::Result<Drained> {
+        self.recv_up_to(RECV_BUDGET, f)
+    }
+
+    /// [`NotifySocket::recv_all`] with another budget.
+    pub fn recv_up_to(&mut self, budget: usize, mut f: impl FnMut(Notification)) -> io::Result<Drained> {
+        for _ in 0..budget {
             match self.recv_one() {
                 Ok(Some(n)) => f(n),
                 Ok(None) => {}
