@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use brood::probe::fd::ready_pipe;
 use brood::probe::net::{parse_http_url, Check, Outcome, Target};
-use brood::probe::notify::{pgid_of, runtime_dir, Drained, Notification, NotifySocket, };
+use brood::probe::notify::{pgid_of, runtime_dir, Drained, Notification, NotifySocket};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
