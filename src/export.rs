@@ -581,6 +581,7 @@ fn kubernetes_security(name: &str, attrs: &ProcessAttrs) -> Result<Vec<String>, 
 /// answers); `health` becomes the livenessProbe. notify, fd and log have
 /// no equivalent: warned, left out.
 fn kubernetes_probes(out: &mut String, name: &str, ready: Option<&ReadySpec>, health: Option<&HealthSpec>) {
+    let mut probed = Vec::new();
     if let Some(r) = ready {
         match &r.kind {
             ReadyKind::Probe(probe) => {
@@ -589,8 +590,9 @@ fn kubernetes_probes(out: &mut String, name: &str, ready: Option<&ReadySpec>, he
                 let period = whole_seconds(r.interval);
                 let attempts = r.timeout.as_secs_f64() / period as f64;
                 let startup_failures = (attempts.ceil() as u64).max(1);
-                write_probe(out, "startupProbe", name, probe, period, period, startup_failures);
-                write_probe(out, "readinessProbe", name, probe, period, period, 1);
+                write_probe(out, "startupProbe", probe, period, period, startup_failures);
+                write_probe(out, "readinessProbe", probe, period, period, 1);
+                probed.push(probe);
             }
             other => log::warn!(
                 "program '{name}': ready = {{ {} = ... }} has no equivalent in Kubernetes: the pod is ready once started",
@@ -602,11 +604,28 @@ fn kubernetes_probes(out: &mut String, name: &str, ready: Option<&ReadySpec>, he
         write_probe(
             out,
             "livenessProbe",
-            name,
             &h.probe,
             whole_seconds(h.interval),
             whole_seconds(h.timeout),
             u64::from(h.failures),
+        );
+        probed.push(&h.probe);
+    }
+    let mut loopback: Vec<std::net::SocketAddr> = probed
+        .iter()
+        .filter_map(|p| match p {
+            ProbeSpec::Tcp(a) => Some(*a),
+            ProbeSpec::Http(t) => Some(t.addr),
+            ProbeSpec::Exec(_) => None,
+        })
+        .filter(|a| a.ip().is_loopback())
+        .collect();
+    loopback.dedup();
+    for addr in loopback {
+        log::warn!(
+            "program '{name}': the kubelet probes the pod's IP on port {}, not {}: the server must listen there too",
+            addr.port(),
+            addr.ip()
         );
     }
 }
@@ -616,32 +635,15 @@ fn whole_seconds(d: std::time::Duration) -> u64 {
     grace_seconds(d)
 }
 
-fn write_probe(
-    out: &mut String,
-    key: &str,
-    name: &str,
-    probe: &ProbeSpec,
-    period: u64,
-    timeout: u64,
-    failures: u64,
-) {
+/// One probe of the container. The host is left out: the kubelet probes
+/// the pod's IP, whatever brood's config says.
+fn write_probe(out: &mut String, key: &str, probe: &ProbeSpec, period: u64, timeout: u64, failures: u64) {
     let _ = writeln!(out, "          {key}:");
-    let port_warning = |addr: &std::net::SocketAddr| {
-        if addr.ip().is_loopback() {
-            log::warn!(
-                "program '{name}': {key} on port {}: the kubelet probes the pod's IP, not {}: the server must listen there too",
-                addr.port(),
-                addr.ip()
-            );
-        }
-    };
     match probe {
         ProbeSpec::Tcp(addr) => {
-            port_warning(addr);
             let _ = writeln!(out, "            tcpSocket:\n              port: {}", addr.port());
         }
         ProbeSpec::Http(target) => {
-            port_warning(&target.addr);
             let _ = writeln!(
                 out,
                 "            httpGet:\n              path: {}\n              port: {}",

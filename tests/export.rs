@@ -215,6 +215,21 @@ fn kubernetes_toml_matches_golden() {
     );
 }
 
+#[test]
+fn systemd_probes_match_golden() {
+    check_golden("toml-probes", "systemd", "systemd", &["--app", "demo"]);
+}
+
+#[test]
+fn kubernetes_probes_match_golden() {
+    check_golden(
+        "toml-probes",
+        "kubernetes",
+        "kubernetes",
+        &["--app", "demo", "--image", "registry.example/demo:1.0"],
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Determinism
 
@@ -226,6 +241,8 @@ fn export_is_deterministic() {
         ("toml", "systemd", &["--app", "demo", "--systemd-version", "254"]),
         ("procfile", "kubernetes", &["--app", "demo", "--image", "img"]),
         ("toml-k8s", "kubernetes", &["--app", "demo", "--image", "img"]),
+        ("toml-probes", "systemd", &["--app", "demo"]),
+        ("toml-probes", "kubernetes", &["--app", "demo", "--image", "img"]),
     ];
     for (fixture_name, kind, args) in cases {
         let config = fixture_config(fixture_name);
@@ -321,7 +338,7 @@ fn verify_all_tolerating(ex: &Export, newer: &[&str]) {
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     ensure_systemd_analyze();
-    for fixture_name in ["procfile", "toml", "toml-k8s"] {
+    for fixture_name in ["procfile", "toml", "toml-k8s", "toml-probes"] {
         let ex = export("systemd", &fixture_config(fixture_name), &["--app", "demo"]);
         ex.out.assert_code(0);
         verify_all(&ex);
@@ -569,6 +586,82 @@ fn kubernetes_refuses_stop_signal_usr1() {
 
 // ---------------------------------------------------------------------------
 // The app name
+
+#[test]
+fn kubernetes_probes_parse_as_yaml() {
+    let ex = export(
+        "kubernetes",
+        &fixture_config("toml-probes"),
+        &["--app", "demo", "--image", "img"],
+    );
+    ex.out.assert_code(0);
+    let container = |program: &str| {
+        let d = deployment(
+            &ex.out_dir,
+            &format!("demo-{program}.yaml"),
+            "demo",
+            program,
+            "img",
+        );
+        d["spec"]["template"]["spec"]["containers"][0].clone()
+    };
+    let db = container("db");
+    // ready = { tcp, timeout = 30s }: 30 attempts 1 s apart before a restart.
+    assert_eq!(
+        db["startupProbe"],
+        json!({"tcpSocket": {"port": 5432}, "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 30})
+    );
+    assert_eq!(db["readinessProbe"]["tcpSocket"], json!({"port": 5432}));
+    assert!(db.get("livenessProbe").is_none(), "{db}");
+    let web = container("web");
+    assert_eq!(
+        web["livenessProbe"],
+        json!({"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 2})
+    );
+    let queue = container("queue");
+    assert!(queue.get("startupProbe").is_none() && queue.get("readinessProbe").is_none());
+    // 1500ms rounds up to 2 s: a probe never gets less time than configured.
+    assert_eq!(
+        queue["livenessProbe"],
+        json!({"exec": {"command": ["/usr/bin/env", "queue-ctl", "ping"]}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3})
+    );
+}
+
+/// What a target cannot express is named on stderr, and the export still
+/// succeeds: the program runs, only the readiness gate or the probe is lost.
+#[test]
+fn probes_without_an_equivalent_are_warned_by_name() {
+    let config = fixture_config("toml-probes");
+    let ex = export("kubernetes", &config, &["--app", "demo", "--image", "img"]);
+    ex.out.assert_code(0);
+    let err = ex.out.stderr_str();
+    for want in [
+        "program 'queue': ready = { notify = ... } has no equivalent in Kubernetes",
+        "program 'cache': ready = { log = ... } has no equivalent in Kubernetes",
+        "program 'db': the kubelet probes the pod's IP on port 5432, not 127.0.0.1",
+    ] {
+        assert!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+    let ex = export("systemd", &config, &["--app", "demo"]);
+    ex.out.assert_code(0);
+    let err = ex.out.stderr_str();
+    for want in [
+        "program 'db': ready = { tcp = ... } has no equivalent in a unit",
+        "program 'web': health = { http = ... } has no equivalent in a unit",
+        "program 'cache': ready = { log = ... } has no equivalent in a unit",
+    ] {
+        assert!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+    let queue = String::from_utf8_lossy(&ex.files["demo-queue@.service"]).into_owned();
+    for line in [
+        "Type=notify\n",
+        "NotifyAccess=all\n",
+        "TimeoutStartSec=20s\n",
+        "WatchdogSec=10s\n",
+    ] {
+        assert!(queue.contains(line), "no {line:?} in:\n{queue}");
+    }
+}
 
 #[test]
 fn app_defaults_to_the_config_directorys_name() {
