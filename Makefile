@@ -22,11 +22,11 @@ test: test-deps
 
 # What the tests and the benchmark check run besides cargo: python3 with
 # PyYAML (the Kubernetes manifests are parsed back), systemd-analyze (the
-# units are verified), a C compiler (benchmark references), and util-linux's
+# units are verified), systemd-notify (a real sd_notify client), a C compiler (benchmark references), and util-linux's
 # setpriv, prlimit, setsid and unshare (unprivileged and namespace tests).
 # Idempotent: checks each, installs only what is missing (apt-get, as root),
 # and otherwise names what to install and fails. Tests never install.
-TEST_DEPS := python3:python3 systemd-analyze:systemd cc:gcc setpriv:util-linux \
+TEST_DEPS := python3:python3 systemd-analyze:systemd systemd-notify:systemd cc:gcc setpriv:util-linux \
 	prlimit:util-linux setsid:util-linux unshare:util-linux
 .PHONY: test-deps
 test-deps:
