@@ -250,6 +250,25 @@ fn tcp_check_passes_when_something_listens() {
 }
 
 #[test]
+fn tcp_and_http_checks_work_over_ipv6_loopback() {
+    let _s = serial();
+    let l = TcpListener::bind("[::1]:0").expect("bind ::1");
+    let addr = l.local_addr().unwrap();
+    assert_eq!(run_check(Target::Tcp(addr), DEADLINE).0, Some(Outcome::Pass));
+    // That connection is first in the queue: out of the way.
+    drop(l.accept().expect("accept"));
+    let target = Target::Http(parse_http_url(&format!("http://[::1]:{}/", addr.port())).unwrap());
+    let mut poll = Poll::new().unwrap();
+    let mut check = Check::start(&target, poll.registry(), TOKEN).expect("start");
+    let (mut conn, _) = l.accept().expect("accept");
+    std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+    assert_eq!(drive(&mut poll, &mut check, DEADLINE), Some(Outcome::Pass));
+    drop(l);
+    let why = failed(run_check(Target::Tcp(addr), DEADLINE).0);
+    assert!(why.ends_with("connection refused"), "{why}");
+}
+
+#[test]
 fn tcp_and_http_checks_fail_on_a_closed_port() {
     let _s = serial();
     let addr = closed_port();
