@@ -44,7 +44,8 @@
 //! each event call `pipe.on_readable()`: `Some(Pass)` = ready, `Some(Fail)`
 //! = it closed the fd (or wrote garbage) without becoming ready (log the
 //! reason; the ready deadline still decides); deregister and drop the pipe
-//! either way.
+//! either way, as s6-supervise does (the program writes one newline, then
+//! closes its end).
 //!
 //! **`log = "REGEX"` ([`log`]).** No source: while the instance is not yet
 //! ready, give every complete line of its stdout and stderr (as framed for
@@ -68,7 +69,8 @@
 //! failure under its restart policy.
 //!
 //! **`exec = [ARGV]`.** Not here: the loop runs it through the spawn core
-//! like an instance (`Image::new` once per program, its own process group),
+//! like an instance (`Image::new` once per program, with the program's env
+//! and cwd; argv from `ProbeSpec::Exec`; its own process group),
 //! its exit status 0 is a pass, and at the attempt's deadline its group is
 //! killed; the reaper reports its exit, which must not be mistaken for an
 //! instance's.

@@ -4,10 +4,10 @@
 //! path to instances as `NOTIFY_SOCKET`. A client (`systemd-notify`,
 //! libsystemd's `sd_notify`, python `sdnotify`) sends newline-separated
 //! `KEY=VALUE` lines in one datagram. With `SO_PASSCRED` on, the kernel
-//! attaches the sender's pid, uid and gid to every datagram, whatever the
-//! client sent, so a sender is identified by the kernel, not by its claim;
-//! the loop maps the pid to an instance by its process group
-//! ([`pgid_of`]).
+//! attaches the sender's pid, uid and gid to every datagram: its own, or
+//! ones it passed and the kernel checked (only a privileged sender may
+//! name another pid; `systemd-notify` run as root names its parent). The
+//! loop maps the pid to an instance by its process group ([`pgid_of`]).
 //!
 //! `systemd-notify` waits, by default, until the manager has processed
 //! its message: it sends `BARRIER=1` with the write end of a pipe and
