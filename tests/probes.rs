@@ -650,3 +650,36 @@ mod spawned {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Config, through the binary
+
+#[test]
+fn a_bad_ready_or_health_key_is_a_config_error_with_its_position() {
+    let dir = TempDir::new("probe-config");
+    let cases = [
+        (
+            "[program.a]\ncommand = [\"x\"]\nready = { log = \"(\" }\n",
+            ":3:17: program 'a': ready.log: invalid regex: unclosed group",
+        ),
+        (
+            "[program.a]\ncommand = [\"x\"]\nhealth = { http = \"http://db/health\" }\n",
+            ":3:19: program 'a': health.http: 'db' is not an IP address",
+        ),
+        (
+            "[program.a]\ncommand = [\"x\"]\nready = { fd = 1 }\n",
+            ":3:16: program 'a': ready.fd must be between 3 and 1023",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = util::Brood::new("probe-config")
+            .raw_args(["run".into(), "-f".into(), path.clone().into_os_string()])
+            .watchdog(Duration::from_secs(20))
+            .run();
+        out.assert_code(2);
+        let err = out.stderr_str();
+        assert!(err.contains(&format!("{}{want}", path.display())), "{err}");
+    }
+}
