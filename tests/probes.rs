@@ -541,6 +541,14 @@ mod spawned {
 
     /// Reaps the child (and kills its group first) when the test ends.
     struct Reap(i32);
+    impl Reap {
+        /// Wait for it to exit by itself; nothing is left to kill after.
+        fn wait(self) -> WaitStatus {
+            let status = waitpid(Pid::from_raw(self.0), None).unwrap();
+            std::mem::forget(self);
+            status
+        }
+    }
     impl Drop for Reap {
         fn drop(&mut self) {
             let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
@@ -614,11 +622,8 @@ mod spawned {
         let src = extra.fd.as_raw_fd();
         let (image, argv) = sh(&format!("test -e /proc/self/fd/6 && ! (: >&{src}) 2>/dev/null"));
         let child = spawn_with(&ctx, &image, &argv, SpawnStdio::Inherit, Some(extra)).expect("spawn");
-        let _reap = Reap(child.pid.as_raw());
-        assert_eq!(
-            waitpid(child.pid, None).unwrap(),
-            WaitStatus::Exited(child.pid, 0)
-        );
+        let reap = Reap(child.pid.as_raw());
+        assert_eq!(reap.wait(), WaitStatus::Exited(child.pid, 0));
     }
 
     /// The extra fd's target is the number the error pipe's write end
