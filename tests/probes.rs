@@ -603,10 +603,8 @@ mod spawned {
             drive_pipe(&mut pipe),
             Outcome::Fail("closed fd 9 without writing a newline".into())
         );
-        let status = waitpid(child.pid, None).unwrap();
-        std::mem::forget(reap);
         assert_eq!(
-            status,
+            reap.wait(),
             WaitStatus::Exited(child.pid, 0),
             "the write to fd 9 worked"
         );
