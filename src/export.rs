@@ -221,7 +221,7 @@ fn systemd_service(
         Some(r) => {
             log::warn!(
                 "program '{name}': ready = {{ {} = ... }} has no equivalent in a unit: it is Type=simple, ready once started",
-                r.kind.kind()
+                r.kind.by().word()
             );
             let _ = writeln!(out, "Type=simple");
         }
@@ -232,7 +232,7 @@ fn systemd_service(
     if let Some(h) = health {
         log::warn!(
             "program '{name}': health = {{ {} = ... }} has no equivalent in a unit (systemd does not probe): left out",
-            h.probe.kind()
+            h.probe.by().word()
         );
     }
     for line in attr_lines {
@@ -596,7 +596,7 @@ fn kubernetes_probes(out: &mut String, name: &str, ready: Option<&ReadySpec>, he
             }
             other => log::warn!(
                 "program '{name}': ready = {{ {} = ... }} has no equivalent in Kubernetes: the pod is ready once started",
-                other.kind()
+                other.by().word()
             ),
         }
     }

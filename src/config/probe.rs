@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::core::instance::ReadyBy;
 use crate::probe::{HttpTarget, LineMatcher};
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,12 +32,12 @@ pub enum ProbeSpec {
 }
 
 impl ProbeSpec {
-    /// The config key: `tcp`, `http` or `exec` (the `by` of a `ready` event).
-    pub fn kind(&self) -> &'static str {
+    /// Its kind, in the run core's words (`word()` is the config key).
+    pub fn by(&self) -> ReadyBy {
         match self {
-            ProbeSpec::Tcp(_) => "tcp",
-            ProbeSpec::Http(_) => "http",
-            ProbeSpec::Exec(_) => "exec",
+            ProbeSpec::Tcp(_) => ReadyBy::Tcp,
+            ProbeSpec::Http(_) => ReadyBy::Http,
+            ProbeSpec::Exec(_) => ReadyBy::Exec,
         }
     }
 }
@@ -57,13 +58,13 @@ pub enum ReadyKind {
 }
 
 impl ReadyKind {
-    /// The config key (the `by` of a `ready` event).
-    pub fn kind(&self) -> &'static str {
+    /// The `by` of the `ready` event it gives (`word()` is the config key).
+    pub fn by(&self) -> ReadyBy {
         match self {
-            ReadyKind::Notify { .. } => "notify",
-            ReadyKind::Fd(_) => "fd",
-            ReadyKind::Log(_) => "log",
-            ReadyKind::Probe(p) => p.kind(),
+            ReadyKind::Notify { .. } => ReadyBy::Notify,
+            ReadyKind::Fd(_) => ReadyBy::Fd,
+            ReadyKind::Log(_) => ReadyBy::Log,
+            ReadyKind::Probe(p) => p.by(),
         }
     }
 }

@@ -1185,6 +1185,7 @@ restart = "never"
 #[cfg(test)]
 mod probe_tests {
     use super::*;
+    use crate::core::instance::ReadyBy;
     use crate::probe::HttpTarget;
 
     fn p(text: &str) -> Result<Vec<RunProgram>, Error> {
@@ -1257,7 +1258,7 @@ mod probe_tests {
             r.kind,
             ReadyKind::Probe(ProbeSpec::Exec(vec!["pg_isready".into(), "-q".into()]))
         );
-        assert_eq!(r.kind.kind(), "exec");
+        assert_eq!(r.kind.by(), ReadyBy::Exec);
     }
 
     #[test]
@@ -1265,7 +1266,7 @@ mod probe_tests {
         let h = one("health = { http = \"http://127.0.0.1:8000/\", interval = \"5s\", failures = 2 }")
             .health
             .unwrap();
-        assert_eq!(h.probe.kind(), "http");
+        assert_eq!(h.probe.by(), ReadyBy::Http);
         assert_eq!(h.interval, Duration::from_secs(5));
         assert_eq!(h.timeout, Duration::from_secs(1));
         assert_eq!(h.failures, 2);

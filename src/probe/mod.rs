@@ -13,10 +13,11 @@
 //! load: addresses are IP literals (no name lookups anywhere), the log
 //! pattern is compiled, `fd` is 3..=1023.
 //!
-//! **Readiness clock.** When an instance with `ready` is spawned, push
+//! **Readiness clock.** A program with `ready` has `Policy::ready_check`
+//! set (`p.ready.is_some()`). When one of its instances is spawned, push
 //! `ready_deadline = spawned_at + ready.timeout` into the timer queue. The
-//! first pass before it: mark the instance ready (event `ready`, `by`,
-//! `after_ms`), cancel the deadline and tear the probe down. At the
+//! first pass before it: mark the instance ready (`ready.kind.by()` is the
+//! core's `ReadyBy`), cancel the deadline and tear the probe down. At the
 //! deadline: tear it down, stop the instance and count a failed start
 //! (event `ready_timeout`). When the instance exits first, tear it down.
 //!
