@@ -64,6 +64,8 @@ pub struct Child {
     pub killed: bool,
     /// The run-mode instance this child is a run of.
     pub instance: Option<InstanceId>,
+    /// `ready = { log = "..." }`: matched against each line until one does.
+    pub ready_log: Option<crate::probe::LineMatcher>,
     /// The write end of its stdin pipe, held (never written) until the
     /// child is reaped.
     pub stdin: Option<OwnedFd>,

@@ -143,8 +143,22 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         scale: args.scale.clone(),
         port: args.port,
         exit_with: args.exit_with.clone(),
+        notify_socket: None,
     };
-    let plan = run_plan::plan(&plan_args)?;
+    let mut plan_args = plan_args;
+    let mut plan = run_plan::plan(&plan_args)?;
+    // sd_notify: the socket exists before the programs' environments are
+    // made, so plan again with its path.
+    let mut notify = None;
+    if plan.wants_notify() {
+        let dir = brood::probe::notify::runtime_dir()
+            .map_err(|e| Error::io("no directory for the sd_notify socket", e))?;
+        let (sock, path) = brood::probe::NotifySocket::bind(&dir)
+            .map_err(|e| Error::io("cannot make the sd_notify socket", e))?;
+        plan_args.notify_socket = Some(path);
+        plan = run_plan::plan(&plan_args)?;
+        notify = Some(sock);
+    }
     let events = Events::for_flag(args.output.events.as_deref())?.with_ring();
     let (width, grace) = (plan.width(), plan.grace());
     let console = args.interactive || stdin_is_foreground_tty();
@@ -182,6 +196,7 @@ fn run_run(args: RunArgs) -> Result<i32, Error> {
         .collect();
     let driver = Driver::Run(Box::new(RunCore::new(entries, order, rules, Jitter::seeded())));
     let outcome = Supervisor::new(programs, opts, driver, events, width, control)?
+        .with_notify(notify)
         .with_reload(plan_args, fingerprints)
         .with_log_files(LogFiles::new(log_specs))
         .run();

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{self, RestartPolicy, RunConfig, RunProgram};
+use crate::config::{self, ReadyKind, ReadySpec, RestartPolicy, RunConfig, RunProgram};
 use crate::core::graph::{Condition, ShutdownOn};
 use crate::core::policy::Policy;
 use crate::core::run::Rules;
@@ -23,6 +23,9 @@ pub struct PlanArgs {
     pub scale: Vec<String>,
     pub port: Option<u16>,
     pub exit_with: Option<String>,
+    /// The sd_notify socket every `ready = { notify = true }` program is
+    /// given as NOTIFY_SOCKET (made by the loop when one needs it).
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// One program that runs (numprocs > 0).
@@ -58,6 +61,19 @@ impl RunPlan {
     }
 
     /// The longest stop timeout.
+    /// Some program says it is ready over sd_notify.
+    pub fn wants_notify(&self) -> bool {
+        self.programs.iter().any(|p| {
+            matches!(
+                p.program.ready,
+                Some(ReadySpec {
+                    kind: ReadyKind::Notify { .. },
+                    ..
+                })
+            )
+        })
+    }
+
     pub fn grace(&self) -> Duration {
         self.programs
             .iter()
@@ -138,9 +154,26 @@ pub fn plan(args: &PlanArgs) -> Result<RunPlan, Error> {
     for (p, port_base) in running.iter().zip(port_bases) {
         let mut shape = (*p).clone();
         shape.numprocs = 0;
+        let mut spec = p.spec.clone();
+        if let Some(ReadySpec {
+            kind: ReadyKind::Notify { watchdog },
+            ..
+        }) = &p.ready
+        {
+            if let Some(path) = &args.notify_socket {
+                spec.env
+                    .push(("NOTIFY_SOCKET".into(), path.clone().into_os_string()));
+            }
+            if let Some(w) = watchdog {
+                spec.env
+                    .push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
+            }
+        }
         programs.push(Planned {
             name: p.spec.name.clone(),
-            program: Program::new(p.spec.clone())?.with_instance_env(InstanceEnv { port_base }),
+            program: Program::new(spec)?
+                .with_instance_env(InstanceEnv { port_base })
+                .with_probes(p.ready.clone(), p.health.clone()),
             policy: Policy::of(p),
             // A dependency scaled to 0 is not there to wait for.
             deps: p

@@ -29,8 +29,10 @@ impl Policy {
             backoff_max: p.backoff_max,
             max_restarts: p.max_restarts,
             window: p.restart_window,
-            ready_check: false,
-            health_failures: 3,
+            ready_check: p.ready.is_some(),
+            // Without health checks, a missed sd_notify watchdog ping is
+            // the only health failure, and one is enough (as in systemd).
+            health_failures: p.health.as_ref().map_or(1, |h| h.failures),
         }
     }
 }

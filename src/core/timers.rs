@@ -18,6 +18,14 @@ pub enum Timer {
     KillGroup(i32),
     /// An instance's restart backoff is over.
     Backoff(InstanceId),
+    /// An instance is not ready in time.
+    ReadyDeadline(InstanceId),
+    /// Start an instance's next probe attempt (readiness or health).
+    ProbeAttempt(InstanceId),
+    /// An instance's probe attempt took too long.
+    ProbeTimeout(InstanceId),
+    /// An instance's sd_notify watchdog ping is overdue.
+    Watchdog(InstanceId),
     /// The shutdown grace is over: SIGKILL whatever is left.
     ShutdownGrace,
     /// Stop waiting for pipes held open by processes brood does not know.

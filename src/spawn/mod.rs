@@ -32,6 +32,8 @@ pub enum Stdio {
     Capture,
     /// brood's own stdout and stderr.
     Inherit,
+    /// /dev/null (brood's own probes: their output is nobody's).
+    Null,
 }
 
 /// Settings that are the same for every spawn of a run.
@@ -73,7 +75,7 @@ impl SpawnContext {
     ) -> std::io::Result<SpawnContext> {
         let dev_null = nix::fcntl::open(
             "/dev/null",
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map_err(std::io::Error::from)?;
@@ -313,7 +315,11 @@ pub fn spawn_with(
             Some(pipe_cloexec().map_err(SpawnError::Fork)?),
             Some(pipe_cloexec().map_err(SpawnError::Fork)?),
         ),
-        Stdio::Inherit => (None, None),
+        Stdio::Inherit | Stdio::Null => (None, None),
+    };
+    let null_out = match stdio {
+        Stdio::Null => ctx.dev_null.as_ref().map(|f| f.as_raw_fd()),
+        _ => None,
     };
     // Non-blocking: see the read after the clone.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
@@ -355,8 +361,16 @@ pub fn spawn_with(
         cwd: image.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         stdio: [
             (stdin_fd, 0),
-            (out.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()), 1),
-            (err.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()), 2),
+            (
+                out.as_ref()
+                    .map_or(null_out.unwrap_or(-1), |(_, w)| w.as_raw_fd()),
+                1,
+            ),
+            (
+                err.as_ref()
+                    .map_or(null_out.unwrap_or(-1), |(_, w)| w.as_raw_fd()),
+                2,
+            ),
         ],
         err_fd: err_w.as_raw_fd(),
         reset_signals: &ctx.reset_signals,

@@ -42,6 +42,7 @@ use crate::spawn::SpawnContext;
 mod console;
 mod control;
 mod pipes;
+mod probes;
 mod process;
 mod run;
 
@@ -161,6 +162,8 @@ pub struct Supervisor {
     cut_short: bool,
     /// Run mode: how to plan the run again (`ctl reload`).
     reload: Option<run::ReloadState>,
+    /// Readiness and health checks under way, and the sd_notify socket.
+    probes: probes::Probes,
     /// The instances' log files (`log = {...}`).
     logs: LogFiles,
 }
@@ -251,6 +254,7 @@ impl Supervisor {
             output_error: None,
             cut_short: false,
             reload: None,
+            probes: probes::Probes::default(),
             logs: LogFiles::default(),
         })
     }
@@ -300,6 +304,8 @@ impl Supervisor {
                     }
                     EVENTS => self.events.flush(),
                     control::LISTENER => self.accept_clients(),
+                    probes::NOTIFY => self.on_notify(),
+                    token if token.0 >= probes::FIRST_PROBE => self.on_probe_event(token),
                     token if token.0 >= control::FIRST_CLIENT => self.on_client(token),
                     token => self.ready.push_back(token),
                 }
@@ -474,6 +480,10 @@ impl Supervisor {
                 Timer::Kill(id) => self.kill_child(id),
                 Timer::KillGroup(pgid) => self.kill_lingering(pgid),
                 Timer::Backoff(instance) => self.on_backoff_over(instance, now),
+                Timer::ReadyDeadline(instance) => self.on_ready_deadline(instance),
+                Timer::ProbeAttempt(instance) => self.on_probe_attempt(instance),
+                Timer::ProbeTimeout(instance) => self.on_probe_timeout(instance),
+                Timer::Watchdog(instance) => self.on_watchdog(instance),
                 Timer::ShutdownGrace => {
                     if self.shutdown.as_ref().is_some_and(|sd| !sd.escalated) {
                         self.escalate();
@@ -494,7 +504,7 @@ impl Supervisor {
             .console
             .as_ref()
             .is_some_and(|c| c.open && (c.more || !c.pollable));
-        if readable_work || console_work || self.spawn_due() {
+        if readable_work || console_work || self.spawn_due() || self.probes.notify_more {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -108,6 +108,9 @@ impl Supervisor {
             }
         }
         self.ready.extend(blocked);
+        if !self.probes.log_ready.is_empty() {
+            self.take_log_ready();
+        }
         self.flush_logs();
         if self.ready.len() > 1 {
             let mut seen = HashSet::with_capacity(self.ready.len());
@@ -172,7 +175,12 @@ impl Supervisor {
         let log = logs.file_of(child.program, child.n, label);
         // One time per read: every line of it was read at once.
         let mut clock = log.map(|_| Clock::new(Instant::now(), SystemTime::now()));
+        let ready_log = &child.ready_log;
+        let mut matched = false;
         let mut emit = |line: &[u8]| {
+            if !matched && ready_log.as_ref().is_some_and(|m| m.is_match(line)) {
+                matched = true;
+            }
             if let Some(r) = ring.as_mut() {
                 r.push(label, stream == Stream::Stderr, line);
             }
@@ -187,13 +195,24 @@ impl Supervisor {
                 sink.push_line(prefix, line);
             }
         };
-        if n == 0 {
+        let more = if n == 0 {
             pipe.framer.finish(&mut emit);
-            self.close_pipe(id, stream);
-            return false;
+            false
+        } else {
+            pipe.framer.feed(&self.scratch[..n], &mut emit);
+            true
+        };
+        if matched {
+            // `ready = { log }`: handled after the reads of this turn.
+            if let Some(iid) = child.instance {
+                child.ready_log = None;
+                self.probes.log_ready.push(iid);
+            }
         }
-        pipe.framer.feed(&self.scratch[..n], &mut emit);
-        true
+        if n == 0 {
+            self.close_pipe(id, stream);
+        }
+        more
     }
 
     /// Write the log files' buffers, and report the lines files dropped

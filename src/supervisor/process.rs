@@ -13,6 +13,7 @@ use signal_hook::consts::signal::*;
 
 use super::{pipes, Driver, Supervisor};
 use crate::children::{Child, Pipe, State, Stream};
+use crate::config::probe::{HealthSpec, ReadyKind, ReadySpec};
 use crate::config::ProgramSpec;
 use crate::core::event::Event;
 use crate::core::ids::{ChildId, InstanceId, ProgramId};
@@ -35,6 +36,9 @@ pub struct Program {
     instance_env: Option<InstanceEnv>,
     /// Images with those variables, built on first use of each instance.
     instances: HashMap<u64, plan::Image>,
+    /// `ready = {...}` and `health = {...}` (run mode).
+    pub ready: Option<ReadySpec>,
+    pub health: Option<HealthSpec>,
 }
 
 /// Variables each instance of a run-mode program gets: `PS=web.2`, and
@@ -65,7 +69,15 @@ impl Program {
             image,
             instance_env: None,
             instances: HashMap::new(),
+            ready: None,
+            health: None,
         })
+    }
+
+    pub fn with_probes(mut self, ready: Option<ReadySpec>, health: Option<HealthSpec>) -> Program {
+        self.ready = ready;
+        self.health = health;
+        self
     }
 
     pub fn with_instance_env(mut self, env: InstanceEnv) -> Program {
@@ -249,9 +261,42 @@ impl Supervisor {
         } else {
             Stdio::Capture
         };
-        match spawn::spawn(&self.ctx, prog.image(n), &argv, stdio) {
+        // s6's notification-fd: the write end goes to the child as fd N.
+        let mut ready_pipe = None;
+        let mut extra = None;
+        if let (
+            Some(_),
+            Some(ReadySpec {
+                kind: ReadyKind::Fd(fd),
+                ..
+            }),
+        ) = (instance, &prog.ready)
+        {
+            match crate::probe::fd::ready_pipe(*fd) {
+                Ok((pipe, end)) => {
+                    ready_pipe = Some(pipe);
+                    extra = Some(end);
+                }
+                Err(e) => log::error!("{label}: cannot make its notification fd: {e}"),
+            }
+        }
+        let ready_log = match (&prog.ready, instance) {
+            (
+                Some(ReadySpec {
+                    kind: ReadyKind::Log(m),
+                    ..
+                }),
+                Some(_),
+            ) => Some(m.clone()),
+            _ => None,
+        };
+        match spawn::spawn_with(&self.ctx, prog.image(n), &argv, stdio, extra) {
             Ok(spawned) => {
                 let pid = spawned.pid.as_raw();
+                let name = prog.name.clone();
+                if let (Some(pipe), Some(iid)) = (ready_pipe, instance) {
+                    self.watch_ready_pipe(iid, pipe);
+                }
                 let id = ChildId(self.child_ids.take());
                 let mut pipes = [None, None];
                 for (stream, fd) in [(Stream::Stdout, spawned.stdout), (Stream::Stderr, spawned.stderr)] {
@@ -274,7 +319,7 @@ impl Supervisor {
                 log::info!("spawned {label} pid {pid}");
                 self.events.emit(&Event::Spawn {
                     label: label.clone(),
-                    name: prog.name.clone(),
+                    name,
                     n,
                     pid,
                 });
@@ -294,6 +339,7 @@ impl Supervisor {
                         killed: false,
                         instance,
                         stdin: spawned.stdin,
+                        ready_log,
                     },
                 );
                 self.by_pid.insert(pid, id);
@@ -377,6 +423,9 @@ impl Supervisor {
     fn on_exit(&mut self, pid: i32, status: ExitStatus, reaped_at: SystemTime) {
         if self.doomed.remove(&pid) {
             self.resources_freed();
+            return;
+        }
+        if self.on_probe_exit(pid, status) {
             return;
         }
         let Some(id) = self.by_pid.remove(&pid) else {

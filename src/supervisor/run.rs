@@ -32,9 +32,16 @@ impl Supervisor {
                         Some((child, pid)) => Input::Spawned { child, pid },
                         None => Input::SpawnFailed,
                     };
+                    let spawned = matches!(input, Input::Spawned { .. });
                     self.feed(id, input, &mut more);
+                    if spawned {
+                        self.on_spawned(id);
+                    }
                 }
                 Action::StopChild(child) => {
+                    if let Some(instance) = self.children.get(&child).and_then(|c| c.instance) {
+                        self.teardown_probes(instance);
+                    }
                     if let Some(program) = self.children.get(&child).map(|c| c.program) {
                         let grace = self.grace_for(program);
                         self.stop_child(child, grace);
@@ -90,6 +97,7 @@ impl Supervisor {
 
     /// An instance's child was reaped.
     pub(super) fn on_instance_exit(&mut self, id: InstanceId, status: ExitStatus, ran_for: Duration) {
+        self.teardown_probes(id);
         let mut actions = Vec::new();
         self.feed(id, Input::Exited { status, ran_for }, &mut actions);
         self.execute(actions);
@@ -169,6 +177,21 @@ pub struct ReloadState {
 }
 
 impl Supervisor {
+    /// Run mode: the sd_notify socket the plan gave its programs.
+    pub fn with_notify(mut self, socket: Option<crate::probe::NotifySocket>) -> Supervisor {
+        if let Some(mut sock) = socket {
+            match self
+                .poll
+                .registry()
+                .register(&mut sock, super::probes::NOTIFY, mio::Interest::READABLE)
+            {
+                Ok(()) => self.probes.notify = Some(sock),
+                Err(e) => log::error!("cannot watch the sd_notify socket: {e}"),
+            }
+        }
+        self
+    }
+
     /// Run mode: remember how the run was planned, for reload.
     pub fn with_reload(mut self, args: PlanArgs, planned: Vec<(ProgramId, String, u32)>) -> Supervisor {
         let next_id = planned.iter().map(|(id, ..)| id.0 + 1).max().unwrap_or(0);
@@ -193,7 +216,18 @@ impl Supervisor {
         let Some(state) = self.reload.as_mut() else {
             return Err("reload works in run mode".into());
         };
-        let plan = run_plan::plan(&state.args).map_err(|e| e.message)?;
+        let mut plan = run_plan::plan(&state.args).map_err(|e| e.message)?;
+        if plan.wants_notify() && state.args.notify_socket.is_none() {
+            let path = self.ensure_notify_socket()?;
+            let Some(state) = self.reload.as_mut() else {
+                return Err("reload works in run mode".into());
+            };
+            state.args.notify_socket = Some(path);
+            plan = run_plan::plan(&state.args).map_err(|e| e.message)?;
+        }
+        let Some(state) = self.reload.as_mut() else {
+            return Err("reload works in run mode".into());
+        };
         let mut fates = BTreeMap::new();
         let mut ids: HashMap<String, ProgramId> = HashMap::new();
         let mut known = HashMap::new();
