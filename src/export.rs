@@ -225,6 +225,14 @@ fn systemd_service(
             );
             let _ = writeln!(out, "Type=simple");
         }
+        // A one-shot: units that come After= it wait until it has ended
+        // (brood's `exited`/`succeeded`), and it stays active afterwards,
+        // as a finished one-shot stays `exited` in brood.
+        None if *restart == RestartPolicy::Never => {
+            let _ = writeln!(out, "Type=oneshot");
+            let _ = writeln!(out, "RemainAfterExit=yes");
+            let _ = writeln!(out, "TimeoutStartSec=infinity");
+        }
         None => {
             let _ = writeln!(out, "Type=simple");
         }
@@ -719,6 +727,51 @@ mod tests {
             port_base: None,
             supervisor: Default::default(),
         }
+    }
+
+    #[test]
+    fn dependencies_become_after_with_wants_or_requires() {
+        let mut config = program(false);
+        let mut db = config.programs[0].clone();
+        db.spec.name = "db".into();
+        db.numprocs = 2;
+        let mut migrate = config.programs[0].clone();
+        migrate.spec.name = "migrate".into();
+        migrate.numprocs = 1;
+        migrate.restart = RestartPolicy::Never;
+        let web = &mut config.programs[0];
+        web.spec.name = "web".into();
+        web.depends_on = vec![
+            ("db".into(), Condition::Ready),
+            ("migrate".into(), Condition::Succeeded),
+        ];
+        config.programs.push(db);
+        config.programs.push(migrate);
+        let opts = SystemdOptions {
+            app: "app".into(),
+            user: None,
+            systemd_version: 254,
+        };
+        let units = systemd_units(&config, &opts).expect("units");
+        let web = &units
+            .iter()
+            .find(|(n, _)| n == "app-web@.service")
+            .expect("web unit")
+            .1;
+        assert!(
+            web.contains("After=app-db@1.service app-db@2.service\nWants=app-db@1.service app-db@2.service"),
+            "{web}"
+        );
+        assert!(
+            web.contains("After=app-migrate@1.service\nRequires=app-migrate@1.service"),
+            "{web}"
+        );
+        let migrate = &units
+            .iter()
+            .find(|(n, _)| n == "app-migrate@.service")
+            .expect("migrate unit")
+            .1;
+        assert!(migrate.contains("Type=oneshot"), "{migrate}");
     }
 
     #[test]
