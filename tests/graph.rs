@@ -389,3 +389,29 @@ shell = "exec sleep 30"
     assert_eq!(events_of(&events, "escalate").len(), 1, "{}", out.context());
     assert_eq!(events_of(&events, "shutdown")[0]["reason"], "escalate");
 }
+
+#[test]
+fn the_ci_example_runs_in_order_and_exits_with_the_tests_status() {
+    let brood = Brood::new("ci-example");
+    let src = script_dir().join("examples/ci");
+    for f in ["brood.toml", "db", "migrate", "web", "test"] {
+        let to = brood.dir().join(f);
+        std::fs::copy(src.join(f), &to).expect("copy the example");
+    }
+    let out = brood.raw_args(["run", "--exit-with", "test"]).run();
+    assert_eq!(out.code(), Some(0), "{}", out.context());
+    let stdout = out.stdout_str();
+    assert!(stdout.contains("2 passed, 0 failed"), "{}", out.context());
+    let stderr = out.stderr_str();
+    let at = |needle: &str| {
+        stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("no '{needle}' in {stderr}"))
+    };
+    assert!(at("db.1 is ready") < at("spawned migrate.1"));
+    assert!(at("migrate.1 pid") < at("spawned web.1"));
+    assert!(at("web.1 is ready") < at("spawned test.1"));
+    // Reverse order at the end: web (which needs db through migrate) first.
+    let last = |needle: &str| stderr.rfind(needle).unwrap_or(0);
+    assert!(last("web.1 pid") < last("db.1 pid"), "{stderr}");
+}

@@ -342,11 +342,7 @@ impl RunCore {
         let pending = std::mem::take(&mut self.wave);
         let mut still = Vec::new();
         for (program, input) in pending {
-            let dependents_live = self.programs.iter().any(|(q, e)| {
-                self.wave_members.contains(q)
-                    && e.deps.iter().any(|(d, _)| *d == program)
-                    && self.instances.values().any(|i| i.program == *q && i.live())
-            });
+            let dependents_live = self.dependents_live(program, 0);
             let ids: Vec<InstanceId> = self
                 .instances
                 .values()
@@ -369,6 +365,21 @@ impl RunCore {
             self.wave_members.clear();
         }
         progress
+    }
+
+    /// Whether a program of the current operation that depends on
+    /// `program`, directly or through others (a finished one-shot between
+    /// them), still has a live instance.
+    fn dependents_live(&self, program: ProgramId, depth: usize) -> bool {
+        if depth > self.programs.len() {
+            return false; // no cycle gets here (checked at load); a guard
+        }
+        self.programs.iter().any(|(q, e)| {
+            self.wave_members.contains(q)
+                && e.deps.iter().any(|(d, _)| *d == program)
+                && (self.instances.values().any(|i| i.program == *q && i.live())
+                    || self.dependents_live(*q, depth + 1))
+        })
     }
 
     /// Queue ordered stops (dependents first) of `programs` with `input`.
@@ -1105,6 +1116,21 @@ mod tests {
         assert_eq!(w.stopped[2..], ["web.1", "db.1"]);
         assert!(!w.core.stops_pending());
         assert_eq!(w.core.exit_code(), 0);
+    }
+
+    #[test]
+    fn shutdown_order_goes_through_a_finished_one_shot() {
+        let db = entry("db", RestartPolicy::Always);
+        let migrate = dep(entry("migrate", RestartPolicy::Never), 0, Condition::Started);
+        let web = dep(entry("web", RestartPolicy::Always), 1, Condition::Succeeded);
+        let mut w = World::new(core_of(vec![db, migrate, web], Rules::default()));
+        w.start();
+        w.exit("migrate.1", 0);
+        assert_eq!(w.state("web.1"), "running");
+        let mut out = Vec::new();
+        w.core.shutdown(true, w.now, &mut out);
+        w.run(out, false);
+        assert_eq!(w.stopped, ["web.1"], "db waits for web, through migrate");
     }
 
     #[test]
