@@ -120,9 +120,6 @@ fn stdin_is_foreground_tty() -> bool {
 }
 
 fn options(args: &OutputArgs, console: bool, grace: std::time::Duration) -> Options {
-    if !args.no_pdeathsig {
-        spawn::choose_parent_death_signal(args.pdeathsig);
-    }
     Options {
         output: OutputOptions {
             inherit: args.inherit,
@@ -131,7 +128,7 @@ fn options(args: &OutputArgs, console: bool, grace: std::time::Duration) -> Opti
         },
         console,
         grace,
-        pdeathsig: !args.no_pdeathsig,
+        pdeathsig: (!args.no_pdeathsig).then_some(args.pdeathsig),
     }
 }
 

@@ -17,7 +17,6 @@ pub mod child;
 pub mod plan;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -67,8 +66,7 @@ pub struct SpawnContext {
 }
 
 impl SpawnContext {
-    /// `pdeathsig`: `None` for no parent-death signal; `Some(sig)` for one,
-    /// `sig` unless [`choose_parent_death_signal`] chose another.
+    /// `pdeathsig`: `None` for no parent-death signal; `Some(sig)` for one.
     pub fn new(
         reset_signals: Vec<libc::c_int>,
         pdeathsig: Option<libc::c_int>,
@@ -83,10 +81,6 @@ impl SpawnContext {
         let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft.min(1 << 20) as libc::c_int)
             .unwrap_or(1024);
-        let pdeathsig = pdeathsig.map(|asked| match CHOSEN_PDEATHSIG.load(Ordering::Relaxed) {
-            0 => asked,
-            chosen => chosen,
-        });
         Ok(SpawnContext {
             reset_signals,
             ignore_signals: Vec::new(),
@@ -102,21 +96,6 @@ impl SpawnContext {
             original_nofile,
         })
     }
-}
-
-/// The parent-death signal `--pdeathsig` chose, or 0 before `main` chose.
-///
-/// A stopgap while the run loop is being rebuilt: the supervisor's
-/// `Options` says only whether children get a parent-death signal and asks
-/// [`SpawnContext::new`] for SIGTERM, so `main` sets the chosen signal here
-/// once, before the supervisor starts. Once `Options` carries the signal,
-/// the supervisor passes it to `SpawnContext::new` and this goes.
-static CHOSEN_PDEATHSIG: AtomicI32 = AtomicI32::new(0);
-
-/// Make `sig` the parent-death signal of every child spawned with a
-/// parent-death signal from now on (`--pdeathsig`).
-pub fn choose_parent_death_signal(sig: libc::c_int) {
-    CHOSEN_PDEATHSIG.store(sig, Ordering::Relaxed);
 }
 
 const CHILD_STACK_BYTES: usize = 256 * 1024;

@@ -118,7 +118,8 @@ pub struct Options {
     pub output: OutputOptions,
     pub console: bool,
     pub grace: Duration,
-    pub pdeathsig: bool,
+    /// The children's parent-death signal (`--pdeathsig`), or none.
+    pub pdeathsig: Option<libc::c_int>,
 }
 
 pub struct Outcome {
@@ -192,8 +193,8 @@ impl Supervisor {
                 .map_err(|e| Error::io("cannot watch the control socket", e))?;
         }
         let reset = signals::non_default_dispositions();
-        let pdeathsig = opts.pdeathsig.then_some(SIGTERM);
-        let ctx = SpawnContext::new(reset, pdeathsig).map_err(|e| Error::io("cannot open /dev/null", e))?;
+        let ctx =
+            SpawnContext::new(reset, opts.pdeathsig).map_err(|e| Error::io("cannot open /dev/null", e))?;
 
         let stdout = Sink::open(1);
         let shared_streams = output::same_file(1, 2);
