@@ -127,7 +127,7 @@ fn connect(paths: &[PathBuf], timeout: Duration) -> Result<(UnixStream, PathBuf)
         match connect_within(path, timeout) {
             Ok(stream) => return Ok((stream, path.clone())),
             Err(e) if matches!(errno_of(&e), libc::EACCES | libc::EPERM) => {
-                let me = unsafe { libc::geteuid() };
+                let me = nix::unistd::geteuid().as_raw();
                 let owner = match std::fs::symlink_metadata(path) {
                     Ok(m) => format!("owned by uid {}", m.uid()),
                     Err(_) => "in a directory you cannot search".to_string(),

@@ -87,6 +87,7 @@ pub fn child_dispositions(
 
 pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
     if let Some(sig) = opts.pdeathsig {
+        // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } != 0 {
             return Err(Error::io(
                 format!("cannot set the parent-death signal {}", signals::name(sig)),
@@ -95,6 +96,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
         }
     }
     let me = std::process::id() as i32;
+    // SAFETY: prctl with integer arguments only.
     if me != 1 && unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         log::warn!(
             "not PID 1 and cannot become a child subreaper ({}): orphans will not be reaped here",
@@ -106,6 +108,8 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
     // the mask and the ignored signals. brood itself runs unblocked, so that
     // a signal its parent blocked is still forwarded and SIGCHLD still comes.
     let inherited_ignored = signals::inherited_ignored();
+    // SAFETY: sigset_t is plain data, zeroed is a valid empty set, and
+    // pthread_sigmask only writes the current mask into it.
     let inherited_mask = unsafe {
         let mut mask: libc::sigset_t = std::mem::zeroed();
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -119,6 +123,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
     // when it writes to the terminal or takes it back.
     let tty = foreground_tty();
     if tty {
+        // SAFETY: setting dispositions to SIG_IGN installs no handler code.
         unsafe {
             libc::signal(SIGTTOU, libc::SIG_IGN);
             libc::signal(SIGTTIN, libc::SIG_IGN);
@@ -156,6 +161,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
         }
     };
     if tty {
+        // SAFETY: tcsetpgrp takes integers; fd 0 is brood's terminal.
         unsafe { libc::tcsetpgrp(0, child) };
     }
     log::debug!("started {} pid {child}", image.display_name());
@@ -176,6 +182,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
         if let Some(s) = status {
             if !reaper::has_children() {
                 if tty {
+                    // SAFETY: integers only; brood takes its terminal back.
                     unsafe { libc::tcsetpgrp(0, libc::getpgrp()) };
                 }
                 log::debug!("{} {}", image.display_name(), s.describe());
@@ -221,6 +228,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
             }
             if status.is_none() {
                 let target = if opts.group { -child } else { child };
+                // SAFETY: kill takes integers; CMD is brood's unreaped child.
                 unsafe { libc::kill(target, sig) };
                 log::debug!("forwarded {} to {target}", signals::name(sig));
             }
@@ -238,6 +246,7 @@ pub fn run(spec: ProgramSpec, opts: InitOptions) -> Result<i32, Error> {
 }
 
 fn foreground_tty() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp take integers only.
     unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
@@ -273,11 +282,14 @@ impl Leftovers {
     /// `Namespace`, 1 when any exists).
     fn signal(self, sig: c_int) -> usize {
         match self {
+            // SAFETY: kill takes integers; as PID 1, -1 is this namespace.
             Leftovers::Namespace => usize::from(unsafe { libc::kill(-1, sig) } == 0),
             Leftovers::Descendants => {
                 let pids = descendants();
                 log::debug!("{} to leftovers {pids:?}", signals::name(sig));
                 for &pid in &pids {
+                    // SAFETY: kill takes integers; each is a descendant found
+                    // just now under brood (the subreaper).
                     unsafe { libc::kill(pid, sig) };
                 }
                 pids.len()

@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) parses the command line and calls into these
 //! modules; they are a library so that the fuzz targets (`fuzz/`) can reach
 //! the parsers directly.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod check;
 pub mod children;

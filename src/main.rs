@@ -1,4 +1,5 @@
 //! brood: parse, validate, run, map the outcome to an exit code.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use clap::Parser;
 
@@ -116,6 +117,7 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
 /// The console reads a terminal only when brood is in its foreground: a
 /// background brood reading it would be stopped by SIGTTIN.
 fn stdin_is_foreground_tty() -> bool {
+    // SAFETY: tcgetpgrp and getpgrp take and return integers only.
     output::is_terminal(0) && unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 

@@ -49,6 +49,8 @@ pub fn disposition(sig: c_int) -> Option<Disposition> {
     // The raw syscall, so that 32 and 33 (hidden by glibc) are seen too.
     // The handler is the first word of the kernel's struct.
     let mut old = [0u64; 4];
+    // SAFETY: a null new action only reads the disposition; `old` has room
+    // for the kernel's sigaction (handler, flags, restorer, 8-byte mask).
     let rc = unsafe {
         libc::syscall(
             libc::SYS_rt_sigaction,

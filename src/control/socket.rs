@@ -70,8 +70,11 @@ pub fn bind(path: &Path) -> Result<Bound, BindError> {
         Err(e) => return Err(unusable(format!("cannot inspect {}: {e}", path.display()))),
     }
     // The socket is born 0600: no window in which another user can connect.
+    // SAFETY: umask takes and returns a mode; brood is single-threaded, so
+    // no other thread creates files in the window.
     let old = unsafe { libc::umask(0o177) };
     let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the mask.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| unusable(format!("cannot listen on {}: {e}", path.display())))?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
@@ -157,7 +160,7 @@ fn absolute(path: &Path) -> PathBuf {
 /// Each must be a directory of ours that nobody else can write to: another
 /// user's directory could hand us a socket of theirs.
 fn fallback_dirs() -> Vec<PathBuf> {
-    let uid = unsafe { libc::geteuid() };
+    let uid = nix::unistd::geteuid().as_raw();
     let mut dirs = Vec::new();
     if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         if xdg.is_absolute() && private_dir(&xdg, uid) {
@@ -172,7 +175,7 @@ fn fallback_dirs() -> Vec<PathBuf> {
 }
 
 fn tmp_runtime_dir() -> PathBuf {
-    PathBuf::from(format!("/tmp/brood-{}", unsafe { libc::geteuid() }))
+    PathBuf::from(format!("/tmp/brood-{}", nix::unistd::geteuid().as_raw()))
 }
 
 /// Makes `/tmp/brood-UID` if it is `dir` and missing; whoever made it, it
@@ -182,7 +185,7 @@ fn prepare_dir(dir: &Path) -> Result<(), BindError> {
         return Ok(());
     }
     let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
-    if private_dir(dir, unsafe { libc::geteuid() }) {
+    if private_dir(dir, nix::unistd::geteuid().as_raw()) {
         Ok(())
     } else {
         Err(BindError::Unusable(Error::usage(format!(
@@ -210,7 +213,7 @@ impl Bound {
 pub fn peer_allowed(stream: &impl AsFd) -> Result<(), String> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if cred.uid() == me || cred.uid() == 0 {
         Ok(())
     } else {

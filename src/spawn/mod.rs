@@ -490,8 +490,11 @@ pub fn spawn_with(
 /// not. Returns only when exec failed: the error, with brood's pid.
 pub fn replace_process(image: &Image, argv: &CArray) -> SpawnError {
     let pid = nix::unistd::getpid();
+    // SAFETY: SIG_DFL installs no handler code; the process is about to
+    // become the command.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     if let Some(dir) = &image.cwd {
+        // SAFETY: a NUL-terminated path that outlives the call.
         if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
             return SpawnError::Exec {
                 pid,
@@ -500,6 +503,8 @@ pub fn replace_process(image: &Image, argv: &CArray) -> SpawnError {
             };
         }
     }
+    // SAFETY: NULL-terminated arrays of NUL-terminated strings built
+    // beforehand, alive for the call; on success it does not return.
     let errno = unsafe { child::execve_candidates(image.paths.ptrs(), argv.as_ptr(), image.envp.as_ptr()) };
     SpawnError::Exec {
         pid,
