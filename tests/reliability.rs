@@ -1933,13 +1933,15 @@ numprocs = 2
 
 #[test]
 fn compound_procfile_command_gets_one_term_and_escalation_is_sigkill() {
-    // The group's leader is `sh -c`, which dies of the TERM at once; its
-    // child traps TERM and records each one, and stays.
+    // The group's leader is `sh -c`, which exits on TERM once its child
+    // has recorded it (so that a second TERM cannot merge with the first
+    // while pending); the child traps TERM, records each one, and stays.
     let b = Brood::new("double-term");
     let dir = b.dir().to_path_buf();
     std::fs::write(
         dir.join("Procfile"),
-        "a: sh -c 'trap \"echo TERM >> terms\" TERM; echo ready; while :; do sleep 0.05; done' & wait\n",
+        "a: trap 'until [ -s terms ]; do sleep 0.01; done; exit 0' TERM; \
+         sh -c 'trap \"echo TERM >> terms\" TERM; echo ready; while :; do sleep 0.05; done' & wait\n",
     )
     .unwrap();
     let events = b.events_path();
@@ -2124,13 +2126,17 @@ fn events_fifo_whose_reader_stalls_never_blocks_shutdown() {
         ])
         .watchdog(Duration::from_secs(20))
         .start();
+    // A pipe of one page: full after a few dozen events, and too full for
+    // the shutdown's own events.
+    // SAFETY: fcntl on a fd this test owns.
+    unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
     let queued = || {
         let mut n: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int to `n`.
         unsafe { libc::ioctl(reader.as_raw_fd(), libc::FIONREAD, &mut n) };
         n
     };
-    wait_for(DEADLINE, "the FIFO full", || queued() >= 60 * 1024);
+    wait_for(DEADLINE, "the FIFO full", || queued() >= 3900);
     let t = Instant::now();
     brood.signal(Signal::SIGTERM);
     let out = brood.finish();
