@@ -1688,6 +1688,8 @@ command = ["bash", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done
 stop_timeout = "30s"
 "#;
     let server = RunServer::start("start-in-shutdown", config);
+    // TERM is ignored once it says so.
+    server.brood.wait_stdout("ready", |s| s.contains("ready"));
     server.brood.signal(Signal::SIGTERM);
     server
         .brood

@@ -542,6 +542,8 @@ impl Supervisor {
     /// End every follower's stream at shutdown, so `logs -f` returns.
     pub(super) fn close_clients(&mut self) {
         let Some(ctl) = self.control.as_mut() else { return };
+        // Nobody new is let in now.
+        ctl.accept_paused = false;
         let ids: Vec<usize> = ctl.clients.keys().copied().collect();
         for id in &ids {
             if let Some(c) = ctl.clients.get_mut(id) {
