@@ -548,7 +548,9 @@ impl Supervisor {
                 return false;
             }
         }
-        if !self.stop_leftovers() {
+        // Leftovers are what is left once every known group is empty (a
+        // member of a killed group may still be dying, not yet a zombie).
+        if self.lingering.is_empty() && !self.stop_leftovers() {
             return false;
         }
         let now = Instant::now();
