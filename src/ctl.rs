@@ -202,13 +202,10 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
             )))
         }
         (Ok(None), None) => {
-            // brood read the request and hung up: it is shutting down, or
-            // its answer was more than it queues for one client.
+            // brood read the request and hung up: it is shutting down.
             return Err(Error::runtime(format!(
-                "brood at {} closed the connection without answering: it is shutting down, or the answer \
-                 was over the {} MiB brood sends to one client (for logs, ask for fewer lines with -n)",
-                path.display(),
-                control::MAX_PENDING / (1024 * 1024)
+                "brood at {} closed the connection without answering (is it shutting down?)",
+                path.display()
             )));
         }
         (Err(e), None) => {
@@ -238,11 +235,17 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
                 let _ = stream.set_read_timeout(None);
                 while !out.closed {
                     match read_answer(&mut reader) {
-                        Ok(Some(line)) => {
-                            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                                print_line(&mut out, &v);
+                        Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
+                            // brood's last word: why it ends the stream
+                            // (this client fell behind).
+                            Ok(v) if v["ok"] == Value::Bool(false) => {
+                                let why = v["error"].as_str().unwrap_or("brood ended the stream");
+                                eprintln!("brood ctl: {why}");
+                                return Ok(1);
                             }
-                        }
+                            Ok(v) => print_line(&mut out, &v),
+                            Err(_) => {}
+                        },
                         Ok(None) | Err(_) => break,
                     }
                 }

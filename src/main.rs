@@ -107,6 +107,7 @@ fn run_spawn(args: SpawnArgs) -> Result<i32, Error> {
         batch,
         starved: false,
         starve_warned: false,
+        counter_spent: false,
     };
     let width = supervisor::batch_width(&name, args.start, args.count);
     let programs = vec![(ProgramId(0), program)];

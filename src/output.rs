@@ -100,9 +100,28 @@ enum WriteMode {
     NonBlocking,
     /// A socket: `send` with MSG_DONTWAIT leaves the shared description alone.
     Socket,
-    /// A regular file or anything we could not reopen: plain writes.
+    /// A pipe or terminal that could not be reopened (no /proc, or the
+    /// reopen refused): its description is blocking and shared, so it is
+    /// polled with a zero timeout before each write, and each write is at
+    /// most `chunk` bytes, no more than it can then take without blocking.
+    Polled { chunk: usize },
+    /// A regular file or another device: plain writes (they do not wait
+    /// for a reader).
     Blocking,
 }
+
+/// One write to a pipe that polled writable. POLLOUT on a pipe means at
+/// least one of its page-sized slots is free, and a write of at most
+/// PIPE_BUF (one page) bytes then completes at once. (Only another writer
+/// of the same pipe filling that slot between the poll and the write could
+/// still make it wait, until the reader takes a page.)
+const PIPE_CHUNK: usize = libc::PIPE_BUF;
+
+/// One write to a terminal that polled writable. POLLOUT on a terminal
+/// means it has room, but not how much: a write waits until all of it is
+/// taken. A small chunk keeps that wait within what a terminal that polled
+/// writable holds.
+const TTY_CHUNK: usize = 256;
 
 /// brood's stdout or stderr, with a buffer of whole lines.
 pub struct Sink {
@@ -154,6 +173,10 @@ impl Sink {
                 sink.fd = own.as_raw_fd();
                 sink._own = Some(own);
                 sink.mode = WriteMode::NonBlocking;
+            } else if kind == libc::S_IFIFO {
+                sink.mode = WriteMode::Polled { chunk: PIPE_CHUNK };
+            } else if is_terminal(fd) {
+                sink.mode = WriteMode::Polled { chunk: TTY_CHUNK };
             }
         }
         sink
@@ -214,7 +237,20 @@ impl Sink {
     /// the sink is then closed and drops everything.
     pub fn flush(&mut self) -> io::Result<()> {
         while self.pos < self.buf.len() && self.writable && !self.closed {
-            let chunk = &self.buf[self.pos..];
+            let mut chunk = &self.buf[self.pos..];
+            if let WriteMode::Polled { chunk: most } = self.mode {
+                if !poll_writable(self.fd) {
+                    self.writable = false;
+                    break;
+                }
+                if chunk.len() > most {
+                    // End at a line end if one fits, so that a line shorter
+                    // than a chunk is still written at once.
+                    let window = &chunk[..most];
+                    let end = memchr::memrchr(b'\n', window).map_or(most, |i| i + 1);
+                    chunk = &chunk[..end];
+                }
+            }
             // SAFETY: `chunk` is a live slice of `self.buf` and the length
             // passed is its own; the kernel only reads from it.
             let rc = unsafe {
@@ -277,6 +313,26 @@ impl Sink {
         self.closed = true;
         self.buf = Vec::new();
         self.pos = 0;
+    }
+}
+
+/// Whether `fd` polls writable now (or in error, which the write then
+/// reports), without waiting.
+fn poll_writable(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd on the stack, nfds is 1, no wait.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if rc >= 0 {
+            return rc > 0;
+        }
+        if Errno::last() != Errno::EINTR {
+            return true;
+        }
     }
 }
 

@@ -9,8 +9,9 @@ mod util;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1501,4 +1502,1010 @@ fn start_near_u64_max_that_would_wrap_is_a_usage_error() {
         .filter_map(|e| e["n"].as_u64())
         .collect();
     assert_eq!(counters, [u64::MAX - 2, u64::MAX - 1], "{}", out.context());
+}
+
+// ---------------------------------------------------------------------------
+// Issue 10, round two: kills, hangs, leaks, and success where there was
+// failure. Each test is named after the defect it guards against.
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// These tests mount, enter namespaces or switch uid: they need root (as
+/// `make test` has in CI) and fail saying so rather than pass unrun.
+fn require_root() {
+    assert!(is_root(), "this test needs root (mounts, namespaces or setpriv)");
+}
+
+/// The CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The live and zombie children of `pid`.
+fn zombies_of(pid: i32) -> usize {
+    children_of(pid).iter().filter(|(_, s)| *s == 'Z').count()
+}
+
+/// A live `brood run --socket S --events E -f brood.toml` on `config`,
+/// up and answering with every instance running.
+struct RunServer {
+    brood: Running,
+    sock: std::path::PathBuf,
+}
+
+impl RunServer {
+    fn start(name: &str, config: &str) -> RunServer {
+        let b = Brood::new(name);
+        let sock = b.dir().join("s.sock");
+        let config_path = b.dir().join("brood.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let events = b.events_path();
+        let brood = b
+            .raw_args([
+                OsStr::new("run"),
+                OsStr::new("--events"),
+                events.as_os_str(),
+                OsStr::new("--socket"),
+                sock.as_os_str(),
+                OsStr::new("-f"),
+                config_path.as_os_str(),
+            ])
+            .start();
+        let server = RunServer { brood, sock };
+        let up = try_wait_for(DEADLINE, || {
+            server.request_line(b"{\"verb\":\"status\"}\n").is_some_and(|r| {
+                r["programs"]
+                    .as_array()
+                    .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["state"] == "running"))
+            })
+        });
+        assert!(up, "brood run never came up{}", server.brood.stderr_str());
+        server
+    }
+
+    /// One raw request over a fresh connection; the first answer line.
+    fn request_line(&self, bytes: &[u8]) -> Option<serde_json::Value> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.sock).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(bytes).ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        let mut argv: Vec<std::ffi::OsString> =
+            vec!["ctl".into(), "--socket".into(), self.sock.clone().into()];
+        argv.extend(args.iter().map(Into::into));
+        Brood::new("ctl")
+            .raw_args(argv)
+            .watchdog(Duration::from_secs(20))
+            .run()
+    }
+}
+
+/// Unmounts a test's tmpfs on drop, pass or fail.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn stranger_given_an_emptied_groups_number_is_never_signalled() {
+    require_root();
+    // In a PID namespace of its own (so that no other process takes the
+    // number first): child 1 leaves a member in its group and exits; the
+    // member dies; a stranger is made to get the group's number (and its
+    // own session); then brood shuts down.
+    let b = Brood::new("stranger");
+    let inner = b.dir().join("inner.sh");
+    std::fs::write(
+        &inner,
+        r#"set -u
+cd "$(dirname "$0")"
+CHILD='if [ "$1" = 1 ]; then sh -c "until [ -e die ]; do sleep 0.01; done" & echo $! > member; exit 0; else exec sleep 1000; fi'
+"$BROOD" spawn -n 2 --grace 1s --events "$EVENTS" -- sh -c "$CHILD" sh > out 2> err &
+B=$!
+wait_for() { for _ in $(seq 1 1000); do eval "$1" && return 0; sleep 0.01; done; echo "timed out: $1" >&2; exit 9; }
+wait_for '[ -s member ]'
+M=$(cat member)
+P1=$(awk '{print $5}' /proc/$M/stat)
+wait_for 'grep "\"event\":\"exit\"" "$EVENTS" | grep -q "\"pid\":$P1[,}]"'
+touch die
+wait_for '[ ! -e /proc/$M ]'
+S=
+for _ in $(seq 1 100); do
+  echo $((P1 - 1)) > /proc/sys/kernel/ns_last_pid
+  setsid sleep 1000 &
+  S=$!
+  [ "$S" = "$P1" ] && break
+  kill -KILL $S; wait $S 2>/dev/null; S=
+done
+[ -n "$S" ] || { echo "no process got pid $P1" >&2; kill -KILL $B; exit 8; }
+# The stranger leads its own session and group once setsid has run.
+wait_for '[ "$(cut -d" " -f6 /proc/$S/stat)" = "$S" ]'
+echo "pgid=$P1" >&2
+kill -TERM $B
+wait $B
+echo "code=$?" >&2
+if kill -0 $S 2>/dev/null; then echo "stranger=alive" >&2; else echo "stranger=dead" >&2; fi
+kill -KILL $S 2>/dev/null
+exit 0
+"#,
+    )
+    .unwrap();
+    let out = b
+        .shell("exec unshare --pid --fork --mount-proc bash ./inner.sh")
+        .watchdog(Duration::from_secs(30))
+        .run();
+    out.assert_code(0);
+    // The script reports on its stderr (the temp dir goes with the run).
+    let stderr = out.stderr_str();
+    let read = |key: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    let pgid: i64 = read("pgid")
+        .parse()
+        .unwrap_or_else(|_| panic!("no pgid{}", out.context()));
+    assert_eq!(
+        read("stranger"),
+        "alive",
+        "brood killed the stranger that got pgid {pgid}{}",
+        out.context()
+    );
+    let signalled: Vec<_> = out
+        .events_of("signal")
+        .into_iter()
+        .filter(|e| e["pid"] == pgid)
+        .collect();
+    assert!(
+        signalled.is_empty(),
+        "signal events for the emptied group: {signalled:?}"
+    );
+    assert_eq!(read("code"), "0", "brood's exit status{}", out.context());
+}
+
+#[test]
+fn ctl_start_and_restart_during_shutdown_are_refused_and_start_nothing() {
+    let config = r#"
+[program.web]
+command = ["bash", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"]
+stop_timeout = "30s"
+"#;
+    let server = RunServer::start("start-in-shutdown", config);
+    // TERM is ignored once it says so.
+    server.brood.wait_stdout("ready", |s| s.contains("ready"));
+    server.brood.signal(Signal::SIGTERM);
+    server
+        .brood
+        .wait_events("shutdown", |ev| !events_of(ev, "shutdown").is_empty());
+    let spawned = events_of(&server.brood.events(), "spawn").len();
+    for verb in ["start", "restart"] {
+        let out = server.ctl(&[verb, "web"]);
+        out.assert_code(1).assert_no_panic();
+        out.assert_stderr_contains("shutting down");
+    }
+    assert_eq!(
+        events_of(&server.brood.events(), "spawn").len(),
+        spawned,
+        "a child was started during shutdown"
+    );
+    // Skip the grace: the second TERM SIGKILLs what is left.
+    server.brood.signal(Signal::SIGTERM);
+    let out = server.brood.finish();
+    out.assert_no_panic();
+    assert_eq!(out.events_of("spawn").len(), spawned, "{}", out.context());
+}
+
+#[test]
+fn failed_execs_without_j_never_pile_up_as_zombies() {
+    require_root();
+    // Fenced: another uid with at most 400 processes, so that a pile-up
+    // shows as failed forks instead of filling the host's pid table.
+    let b = Brood::new("zombie-pileup");
+    make_world_writable(b.dir());
+    let uid = fresh_uid();
+    let mut brood = b
+        .shell(&format!(
+            "exec {} \"$BROOD\" spawn -n 2000 --events \"$EVENTS\" -- /no/such/prog",
+            unprivileged(uid, 400)
+        ))
+        .start();
+    let pid = brood.pid();
+    let mut most = 0;
+    while brood.is_running() {
+        most = most.max(zombies_of(pid));
+        thread::sleep(Duration::from_millis(2)); // a sampling interval
+    }
+    let out = brood.finish();
+    out.assert_code(1).assert_no_panic();
+    let failed = out.events_of("spawn_failed");
+    assert_eq!(failed.len(), 2000, "{}", out.context());
+    assert!(
+        failed.iter().all(|e| e["stage"] == "exec"),
+        "forks failed: zombies filled the process limit{}",
+        out.context()
+    );
+    assert!(most < 100, "{most} zombies at once");
+}
+
+#[test]
+fn a_batch_under_a_32_fd_limit_waits_and_every_spawn_succeeds() {
+    let out = Brood::new("fd32")
+        .shell("ulimit -n 32 && exec \"$BROOD\" spawn -n 300 --events \"$EVENTS\" -- /bin/true")
+        .watchdog(Duration::from_secs(30))
+        .run();
+    out.assert_code(0).assert_no_panic();
+    let s = assert_counts_exact(&out);
+    assert_eq!(count(&s, "spawned"), 300, "{}", out.context());
+    assert_eq!(count(&s, "succeeded"), 300);
+    assert_eq!(count(&s, "spawn_failed"), 0);
+}
+
+#[test]
+fn shutdown_with_stdout_stalled_does_not_spin() {
+    let mut brood = Brood::new("no-spin")
+        .opts(["-n", "1", "--grace", "5s"])
+        .script("flood")
+        .args(["1000000"])
+        .stdout_paused()
+        .start();
+    let pid = brood.wait_spawned(1)[0];
+    // The flood blocks writing its pipe once brood stopped reading it.
+    wait_for(DEADLINE, "the flood blocked on its pipe", || {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("pipe_write"))
+    });
+    brood.signal(Signal::SIGTERM);
+    brood.wait_events("shutdown", |ev| !events_of(ev, "shutdown").is_empty());
+    brood.wait_events("the flood's exit", |ev| !events_of(ev, "exit").is_empty());
+    let before = cpu_ticks(brood.pid()).unwrap();
+    let t = Instant::now();
+    // An observation window past the 1 s drain limit (whose deadline, once
+    // past, made the loop spin): brood, waiting for its reader, must sleep.
+    while t.elapsed() < Duration::from_millis(2500) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let used = cpu_ticks(brood.pid()).unwrap() - before;
+    assert!(brood.is_running());
+    assert!(
+        used <= 25,
+        "brood used {used} ticks of CPU in 2.5 s while its reader stalled"
+    );
+    let out = brood.finish();
+    out.assert_no_panic();
+}
+
+#[test]
+fn stalled_stderr_keeps_broods_memory_bounded() {
+    // stderr is a FIFO that the shell holds open for reading and never
+    // reads; the console is flooded with `h`, each answered with the help.
+    let b = Brood::new("stderr-stall");
+    let fifo = b.dir().join("err.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let brood = b
+        .shell(
+            "exec 3<>err.fifo; { echo; exec yes h; } | \"$BROOD\" spawn -i --events \"$EVENTS\" -- sleep 1000 2>err.fifo & \
+             echo $! > brood.pid; wait",
+        )
+        .start();
+    let pid_file = brood.dir().join("brood.pid");
+    wait_for(DEADLINE, "brood's pid", || read_pids(&pid_file).len() == 1);
+    let pid = read_pids(&pid_file)[0];
+    brood.wait_spawned(1);
+    let mut most = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        most = most.max(rss_kib(pid).unwrap_or(0));
+        thread::sleep(Duration::from_millis(50)); // a sampling interval
+    }
+    assert!(!process_dead(pid), "brood died");
+    assert!(
+        most < 64 * 1024,
+        "brood's RSS reached {most} KiB with stderr stalled"
+    );
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    // Now read the FIFO, so that brood can write its last words and exit.
+    let drain = std::fs::File::open(&fifo).unwrap();
+    thread::spawn(move || std::io::copy(&mut &drain, &mut std::io::sink()));
+    let out = brood.finish();
+    out.assert_no_panic();
+}
+
+#[test]
+fn child_that_leaves_its_group_is_stopped_through_its_pid_and_killed_after_the_grace() {
+    // The child joins brood's group (a group it does not lead) and ignores
+    // TERM: kill(-pid) finds no group; only its pid reaches it.
+    let brood = Brood::new("left-group")
+        .opts(["-n", "1", "--grace", "500ms"])
+        .prog("python3")
+        .args([
+            "-c",
+            "import os, signal, time\nos.setpgid(0, os.getpgid(os.getppid()))\n\
+             signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('left', flush=True)\ntime.sleep(1000)",
+        ])
+        .watchdog(Duration::from_secs(15))
+        .start();
+    brood.wait_stdout("the child left its group", |s| s.contains("left"));
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_no_panic();
+    let exits = out.events_of("exit");
+    assert_eq!(exits.len(), 1, "{}", out.context());
+    assert_eq!(exits[0]["signal"], "SIGKILL", "{}", out.context());
+    let sent: Vec<String> = out
+        .events_of("signal")
+        .iter()
+        .map(|e| e["signal"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sent, ["SIGTERM", "SIGKILL"], "{}", out.context());
+}
+
+/// Every signal brood can catch that is neither a stop request nor a fault
+/// brood raises itself: none may kill `spawn` or `run`.
+fn stray_signals() -> Vec<i32> {
+    let mut sigs = vec![
+        libc::SIGALRM,
+        libc::SIGPROF,
+        libc::SIGVTALRM,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGPWR,
+        libc::SIGIO,
+        libc::SIGSYS,
+        libc::SIGTRAP,
+        libc::SIGSTKFLT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ];
+    sigs.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    sigs
+}
+
+#[test]
+fn stray_signals_neither_kill_spawn_nor_touch_its_children() {
+    let mut brood = Brood::new("stray-spawn")
+        .opts(["-i", "--grace", "2s"])
+        .prog("sleep")
+        .args(["1000"])
+        .stdin_pipe()
+        .start();
+    brood.send("\n\n");
+    let pids = brood.wait_spawned(2);
+    for sig in stray_signals() {
+        // SAFETY: kill takes integers only.
+        assert_eq!(unsafe { libc::kill(brood.pid(), sig) }, 0);
+    }
+    // Every signal sent above is delivered before brood answers this.
+    brood.send("l\n");
+    brood.wait_stderr("the listing", |s| s.contains("sleep.2"));
+    assert!(brood.is_running(), "a stray signal killed brood");
+    for pid in &pids {
+        assert!(!process_dead(*pid), "child {pid} was hurt");
+    }
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert_counts_exact(&out);
+}
+
+#[test]
+fn stray_signals_neither_kill_run_nor_touch_its_children() {
+    let config = r#"
+[program.web]
+command = ["sleep", "1000"]
+numprocs = 2
+"#;
+    let server = RunServer::start("stray-run", config);
+    let pids: Vec<i32> = events_of(&server.brood.events(), "spawn")
+        .iter()
+        .map(|e| e["pid"].as_i64().unwrap() as i32)
+        .collect();
+    for sig in stray_signals() {
+        // SAFETY: kill takes integers only.
+        assert_eq!(unsafe { libc::kill(server.brood.pid(), sig) }, 0);
+    }
+    // Delivered before brood answers this request.
+    assert!(
+        server.request_line(b"{\"verb\":\"status\"}\n").is_some(),
+        "brood stopped answering"
+    );
+    for pid in &pids {
+        assert!(!process_dead(*pid), "child {pid} was hurt");
+    }
+    server.brood.signal(Signal::SIGTERM);
+    let out = server.brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert_eq!(summary(&out)["event"], "summary");
+}
+
+#[test]
+fn compound_procfile_command_gets_one_term_and_escalation_is_sigkill() {
+    // The group's leader is `sh -c`, which exits on TERM once its child
+    // has recorded it (so that a second TERM cannot merge with the first
+    // while pending); the child traps TERM, records each one, and stays.
+    let b = Brood::new("double-term");
+    let dir = b.dir().to_path_buf();
+    std::fs::write(
+        dir.join("Procfile"),
+        "a: trap 'until [ -s terms ]; do sleep 0.01; done; exit 0' TERM; \
+         sh -c 'trap \"echo TERM >> terms\" TERM; echo ready; while :; do sleep 0.05; done' & wait\n",
+    )
+    .unwrap();
+    let events = b.events_path();
+    let brood = b
+        .raw_args([
+            OsStr::new("run"),
+            OsStr::new("--events"),
+            events.as_os_str(),
+            OsStr::new("--socket"),
+            dir.join("s.sock").as_os_str(),
+        ])
+        .start();
+    brood.wait_stdout("ready", |s| s.contains("ready"));
+    brood.signal(Signal::SIGTERM);
+    let terms = dir.join("terms");
+    let count = || {
+        std::fs::read_to_string(&terms)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_for(DEADLINE, "the child's TERM", || count() >= 1);
+    brood.wait_events("the leader's exit", |ev| !events_of(ev, "exit").is_empty());
+    // An observation window: a second stop signal would be recorded here.
+    assert!(
+        holds_for(Duration::from_millis(400), || count() == 1),
+        "the child got {} TERMs",
+        count()
+    );
+    let mut brood = brood;
+    brood.signal(Signal::SIGTERM);
+    wait_for(DEADLINE, "brood's exit", || !brood.is_running());
+    // Counted before `finish` takes the temp dir away.
+    let terms = count();
+    let out = brood.finish();
+    out.assert_no_panic();
+    assert_eq!(terms, 1, "{}", out.context());
+    let sent: Vec<(String, String)> = out
+        .events_of("signal")
+        .iter()
+        .map(|e| {
+            (
+                e["label"].as_str().unwrap_or("").to_string(),
+                e["signal"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("a.1".to_string(), "SIGTERM".to_string()),
+            ("a.1".to_string(), "SIGKILL".to_string())
+        ],
+        "{}",
+        out.context()
+    );
+}
+
+#[test]
+fn term_during_a_2000_spawn_burst_is_acted_on_at_once() {
+    let brood = Brood::new("burst-term")
+        .opts(["-n", "2000", "--grace", "2s"])
+        .prog("sleep")
+        .args(["30"])
+        .watchdog(Duration::from_secs(60))
+        .start();
+    brood.wait_spawned(50);
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_no_panic();
+    let shutdown = &out.events_of("shutdown")[0];
+    let at = shutdown["ts"].as_f64().unwrap();
+    assert!(
+        at - sent < 0.25,
+        "shutdown began {:.3} s after the TERM",
+        at - sent
+    );
+    let late = out
+        .events_of("spawn")
+        .iter()
+        .filter(|e| e["ts"].as_f64().unwrap() > at)
+        .count();
+    assert_eq!(late, 0, "spawns after the shutdown began");
+    assert!(out.events_of("spawn").len() < 2000);
+}
+
+#[test]
+fn stdout_on_a_full_disk_is_named_and_fails_the_run() {
+    let out = Brood::new("dev-full")
+        .shell("exec \"$BROOD\" spawn -n 3 --events \"$EVENTS\" -- sh -c 'seq 1 1000' sh > /dev/full")
+        .run();
+    out.assert_no_panic();
+    assert_eq!(out.code(), Some(1), "{}", out.context());
+    out.assert_stderr_contains("No space left on device");
+}
+
+#[test]
+fn stdout_past_the_file_size_limit_is_named_and_fails_the_run_without_sigxfsz() {
+    let out = Brood::new("ulimit-f")
+        .shell(
+            "ulimit -f 4 && \"$BROOD\" spawn -n 3 --events \"$EVENTS\" -- sh -c 'seq 1 100000' sh > out.txt; \
+             echo \"status $?\" >&2",
+        )
+        .run();
+    out.assert_no_panic();
+    out.assert_stderr_contains("File too large");
+    out.assert_stderr_contains("status 1");
+}
+
+#[test]
+fn events_on_a_full_disk_are_whole_lines_lost_ones_counted_and_the_run_fails() {
+    require_root();
+    let b = Brood::new("events-full");
+    let mnt = b.dir().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "none"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot mount a tmpfs");
+    let unmount = Unmount(mnt.clone());
+    let events = mnt.join("events.jsonl");
+    let mut brood = b
+        .raw_args([
+            OsStr::new("spawn"),
+            OsStr::new("-n"),
+            OsStr::new("300"),
+            OsStr::new("-j"),
+            OsStr::new("20"),
+            OsStr::new("--events"),
+            events.as_os_str(),
+            OsStr::new("--"),
+            OsStr::new("/bin/true"),
+        ])
+        .start();
+    wait_for(DEADLINE, "brood's exit", || !brood.is_running());
+    // Read, and unmounted, before `finish` takes the temp dir away.
+    let text = std::fs::read(&events).unwrap();
+    drop(unmount);
+    let out = brood.finish();
+    out.assert_no_panic();
+    assert_eq!(out.code(), Some(1), "{}", out.context());
+    out.assert_stderr_contains("could not be written");
+    assert!(text.len() > 1000, "the disk was not filled");
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(line).is_ok(),
+            "a torn line: {}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}
+
+#[test]
+fn events_fifo_whose_reader_stalls_never_blocks_shutdown() {
+    let b = Brood::new("events-fifo");
+    let fifo = b.dir().join("ev.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A reader that never reads.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let brood = b
+        .raw_args([
+            OsStr::new("spawn"),
+            OsStr::new("-n"),
+            OsStr::new("100000"),
+            OsStr::new("-j"),
+            OsStr::new("4"),
+            OsStr::new("--events"),
+            fifo.as_os_str(),
+            OsStr::new("--"),
+            OsStr::new("/bin/true"),
+        ])
+        .watchdog(Duration::from_secs(20))
+        .start();
+    // A pipe of one page: full after a few dozen events, and too full for
+    // the shutdown's own events.
+    // SAFETY: fcntl on a fd this test owns.
+    unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to `n`.
+        unsafe { libc::ioctl(reader.as_raw_fd(), libc::FIONREAD, &mut n) };
+        n
+    };
+    wait_for(DEADLINE, "the FIFO full", || queued() >= 3900);
+    let t = Instant::now();
+    brood.signal(Signal::SIGTERM);
+    let out = brood.finish();
+    out.assert_no_panic();
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    drop(reader);
+}
+
+#[test]
+fn events_fifo_without_a_reader_is_refused_at_once() {
+    let b = Brood::new("events-fifo-noreader");
+    let fifo = b.dir().join("ev.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let t = Instant::now();
+    let out = b
+        .raw_args([
+            OsStr::new("spawn"),
+            OsStr::new("-n"),
+            OsStr::new("1"),
+            OsStr::new("--events"),
+            fifo.as_os_str(),
+            OsStr::new("--"),
+            OsStr::new("/bin/true"),
+        ])
+        .watchdog(Duration::from_secs(10))
+        .run();
+    out.assert_code(2).assert_no_panic();
+    out.assert_stderr_contains("no reader");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn scale_to_zero_keeps_a_successful_run_successful() {
+    // `a` is scaled away (its child dies of SIGTERM); `b` then ends well
+    // on its own, and with it the run: nothing failed.
+    let config = r#"
+[program.a]
+command = ["sleep", "1000"]
+[program.b]
+command = ["sh", "-c", "until [ -e go ]; do sleep 0.02; done"]
+restart = "never"
+"#;
+    let server = RunServer::start("scale-zero", config);
+    server.ctl(&["scale", "a=0"]).assert_code(0);
+    server.brood.wait_events("a.1's exit", |ev| {
+        events_of(ev, "exit").iter().any(|e| e["label"] == "a.1")
+    });
+    std::fs::write(server.brood.dir().join("go"), "").unwrap();
+    let out = server.brood.finish();
+    out.assert_no_panic();
+    assert_eq!(
+        out.events_of("shutdown")[0]["reason"],
+        "done",
+        "{}",
+        out.context()
+    );
+    out.assert_code(0);
+}
+
+#[test]
+fn logs_answer_over_1_mib_is_written_whole() {
+    // 300 lines of 1000 control bytes: 300 KB in the ring, ~1.8 MB as JSON.
+    let config = r#"
+[program.noisy]
+command = ["python3", "-c", "import sys, time\nfor _ in range(300): print('\x01' * 1000)\nprint('done', flush=True)\ntime.sleep(1000)"]
+stop_timeout = "1s"
+"#;
+    let server = RunServer::start("biglogs", config);
+    let ok = try_wait_for(DEADLINE, || {
+        server
+            .request_line(b"{\"verb\":\"logs\",\"target\":\"noisy\",\"lines\":1}\n")
+            .is_some_and(|r| r["lines"][0]["line"] == "done")
+    });
+    assert!(ok, "the program's output never reached the ring");
+    let out = server.ctl(&["logs", "-n", "1000", "noisy"]);
+    out.assert_code(0).assert_no_panic();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 301, "every line of the answer{}", out.context());
+    assert!(lines[0].ends_with(&"\u{1}".repeat(1000)), "{}", lines[0]);
+    server.brood.signal(Signal::SIGTERM);
+    server.brood.finish().assert_code(0);
+}
+
+/// A program that writes lines as fast as it can, for ever.
+const FLOOD: &str = r#"
+[program.flood]
+command = ["yes", "a line of logs that a slow follower will not keep up with"]
+stop_timeout = "1s"
+"#;
+
+#[test]
+fn slow_logs_follower_is_dropped_with_a_last_line_saying_why() {
+    use std::io::{BufRead, BufReader, Write};
+    let server = RunServer::start("slow-follower", FLOOD);
+    let mut s = std::os::unix::net::UnixStream::connect(&server.sock).unwrap();
+    s.write_all(b"{\"verb\":\"logs\",\"target\":\"flood\",\"lines\":1,\"follow\":true}\n")
+        .unwrap();
+    // Not reading: the backlog fills, the ring runs past it, brood drops
+    // the client. Then read everything it was sent.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut last = String::new();
+    let mut lines = 0;
+    for line in BufReader::new(s).lines() {
+        let line = line.expect("brood must end the stream, not leave it hanging");
+        lines += 1;
+        last = line;
+    }
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+    assert_eq!(v["ok"], false, "the last of {lines} lines: {last}");
+    assert!(v["error"].as_str().unwrap_or("").contains("too slowly"), "{last}");
+    server.brood.signal(Signal::SIGTERM);
+    server.brood.finish().assert_no_panic();
+}
+
+#[test]
+fn ctl_logs_f_that_falls_behind_prints_why_and_exits_1() {
+    let server = RunServer::start("slow-ctl", FLOOD);
+    // brood ctl with a stdout nobody reads: it stops reading the socket.
+    let ctl = Brood::new("ctl-slow")
+        .raw_args([
+            OsStr::new("ctl"),
+            OsStr::new("--socket"),
+            server.sock.as_os_str(),
+            OsStr::new("logs"),
+            OsStr::new("-f"),
+            OsStr::new("flood"),
+        ])
+        .stdout_paused()
+        .watchdog(Duration::from_secs(30))
+        .start();
+    // Dropped once its backlog is full and the ring has moved past it:
+    // then let it read what it was sent.
+    server
+        .brood
+        .wait_stderr("the follower dropped", |s| s.contains("fell behind"));
+    let out = ctl.finish();
+    out.assert_no_panic();
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "{}",
+        out.context().chars().take(3000).collect::<String>()
+    );
+    out.assert_stderr_contains("too slowly");
+    server.brood.signal(Signal::SIGTERM);
+    server.brood.finish().assert_no_panic();
+}
+
+/// Lets this test process hold many sockets.
+fn raise_fd_limit() {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+}
+
+#[test]
+fn ctl_shutdown_works_with_200_idle_clients_connected() {
+    raise_fd_limit();
+    let server = RunServer::start("idle-200", "[program.web]\ncommand = [\"sleep\", \"1000\"]\n");
+    let idle: Vec<_> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(&server.sock).unwrap())
+        .collect();
+    let t = Instant::now();
+    server.ctl(&["shutdown"]).assert_code(0).assert_no_panic();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    let out = server.brood.finish();
+    out.assert_code(0).assert_no_panic();
+    drop(idle);
+}
+
+#[test]
+fn a_thousand_clients_at_once_are_all_answered() {
+    use std::io::{BufRead, BufReader, Write};
+    raise_fd_limit();
+    let server = RunServer::start("thousand", "[program.web]\ncommand = [\"sleep\", \"1000\"]\n");
+    let mut conns: Vec<_> = (0..1000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&server.sock).unwrap())
+        .collect();
+    for c in &mut conns {
+        c.write_all(b"{\"verb\":\"status\"}\n").unwrap();
+    }
+    for c in conns {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(v["ok"], true, "{line}");
+    }
+    server.brood.signal(Signal::SIGTERM);
+    server.brood.finish().assert_code(0);
+}
+
+#[test]
+fn request_without_a_trailing_newline_is_answered_at_eof() {
+    use std::io::{Read, Write};
+    let server = RunServer::start("no-newline", "[program.web]\ncommand = [\"sleep\", \"1000\"]\n");
+    let mut s = std::os::unix::net::UnixStream::connect(&server.sock).unwrap();
+    s.write_all(b"{\"verb\":\"status\"}").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("an answer, then the end");
+    let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap_or_default();
+    assert_eq!(v["ok"], true, "{answer:?}");
+    server.brood.signal(Signal::SIGTERM);
+    server.brood.finish().assert_code(0);
+}
+
+#[test]
+fn setsid_leftovers_get_term_at_shutdown_named_in_a_message_and_an_event() {
+    let b = Brood::new("leftover");
+    let pidfile = b.dir().join("leftover.pid");
+    let brood = b
+        .opts(["-n", "1", "--grace", "5s"])
+        .prog("sh")
+        .args([
+            "-c",
+            &format!(
+                "setsid python3 -c 'import time; open(\"ready\", \"w\").close(); time.sleep(1000)' \
+                 </dev/null >/dev/null 2>&1 & echo $! > {}; until [ -e ready ]; do sleep 0.01; done",
+                sh_quote(pidfile.to_str().unwrap())
+            ),
+            "sh",
+        ])
+        .watchdog(Duration::from_secs(15))
+        .start();
+    wait_for(DEADLINE, "the leftover's pid", || read_pids(&pidfile).len() == 1);
+    let leftover = read_pids(&pidfile)[0];
+    let _kill = KillOnDrop(vec![leftover]);
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    assert!(process_dead(leftover), "the leftover {leftover} outlived brood");
+    out.assert_stderr_contains(&format!(
+        "leftover pid {leftover} (python3) outlived its group: sent SIGTERM"
+    ));
+    let signals = out.events_of("signal");
+    assert!(
+        signals
+            .iter()
+            .any(|e| e["label"] == "leftover" && e["pid"] == leftover && e["signal"] == "SIGTERM"),
+        "{}",
+        out.context()
+    );
+}
+
+#[test]
+fn setsid_leftover_that_ignores_term_is_killed_after_the_grace() {
+    let b = Brood::new("leftover-kill");
+    let pidfile = b.dir().join("leftover.pid");
+    let brood = b
+        .opts(["-n", "1", "--grace", "300ms"])
+        .prog("sh")
+        .args([
+            "-c",
+            &format!(
+                "setsid python3 -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); \
+                 open(\"ready\", \"w\").close(); time.sleep(1000)' \
+                 </dev/null >/dev/null 2>&1 & echo $! > {}; until [ -e ready ]; do sleep 0.01; done",
+                sh_quote(pidfile.to_str().unwrap())
+            ),
+            "sh",
+        ])
+        .watchdog(Duration::from_secs(15))
+        .start();
+    wait_for(DEADLINE, "the leftover's pid", || read_pids(&pidfile).len() == 1);
+    let leftover = read_pids(&pidfile)[0];
+    let _kill = KillOnDrop(vec![leftover]);
+    let out = brood.finish();
+    out.assert_no_panic();
+    assert!(process_dead(leftover), "the leftover {leftover} outlived brood");
+    let sent: Vec<_> = out
+        .events_of("signal")
+        .iter()
+        .filter(|e| e["label"] == "leftover")
+        .map(|e| e["signal"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sent, ["SIGTERM", "SIGKILL"], "{}", out.context());
+}
+
+#[test]
+fn without_proc_leftovers_are_named_in_a_warning_and_left_alone() {
+    require_root();
+    let b = Brood::new("leftover-noproc");
+    let pidfile = b.dir().join("leftover.pid");
+    std::fs::write(
+        b.dir().join("child.sh"),
+        "setsid python3 -c 'import time; open(\"ready\", \"w\").close(); time.sleep(1000)' </dev/null >/dev/null 2>&1 &\n\
+         echo $! > leftover.pid\n\
+         until [ -e ready ]; do sleep 0.01; done\n",
+    )
+    .unwrap();
+    let mut brood = b
+        .shell(
+            "exec unshare --mount --fork sh -c 'mount -t tmpfs none /proc && exec \"$BROOD\" spawn -n 1 --grace 300ms \
+             --events \"$EVENTS\" -- sh ./child.sh'",
+        )
+        .watchdog(Duration::from_secs(15))
+        .start();
+    wait_for(DEADLINE, "the leftover's pid", || read_pids(&pidfile).len() == 1);
+    let leftover = read_pids(&pidfile)[0];
+    let _kill = KillOnDrop(vec![leftover]);
+    wait_for(DEADLINE, "brood's exit", || !brood.is_running());
+    let out = brood.finish();
+    out.assert_code(0).assert_no_panic();
+    out.assert_stderr_contains("cannot name them without its own /proc");
+    assert!(!process_dead(leftover), "nothing may be killed blindly");
+    assert!(out.events_of("signal").iter().all(|e| e["label"] != "leftover"));
+}
+
+#[test]
+fn without_proc_a_stalled_stdout_never_blocks_the_loop() {
+    require_root();
+    // /proc hidden: brood cannot reopen its stdout (a pipe nobody reads)
+    // as a non-blocking description of its own.
+    let mut brood = Brood::new("noproc-stdout")
+        .shell(
+            "exec unshare --mount --fork sh -c 'mount -t tmpfs none /proc && exec \"$BROOD\" spawn -n 1 --grace 300ms \
+             --events \"$EVENTS\" -- \"$SCRIPTS/flood\" 1000000'",
+        )
+        .stdout_paused()
+        .watchdog(Duration::from_secs(30))
+        .start();
+    let child = brood.wait_spawned(1)[0];
+    wait_for(DEADLINE, "the flood blocked on its pipe", || {
+        std::fs::read_to_string(format!("/proc/{child}/wchan")).is_ok_and(|w| w.contains("pipe_write"))
+    });
+    let pid = children_of(brood.pid())
+        .first()
+        .map(|(p, _)| *p)
+        .expect("brood under unshare");
+    // SAFETY: kill takes integers only.
+    let term = || unsafe { libc::kill(pid, libc::SIGTERM) };
+    term();
+    brood.wait_events("shutdown", |ev| !events_of(ev, "shutdown").is_empty());
+    // The second TERM kills what is left, the third drops the output nobody
+    // reads (README); brood then exits with its stdout still stalled.
+    term();
+    // Each TERM is acted on before the next is sent (two pending ones
+    // would merge into one).
+    brood.wait_stderr("the second TERM", |s| s.contains("second SIGTERM"));
+    term();
+    let gone = try_wait_for(Duration::from_secs(5), || !brood.is_running());
+    assert!(gone, "brood blocked on a write{}", brood.stderr_str());
+    brood.finish().assert_no_panic();
+}
+
+#[test]
+fn interactive_counter_at_u64_max_refuses_more_spawns_instead_of_wrapping() {
+    let out = Brood::new("counter-max")
+        .opts(["-i", "--start", "18446744073709551614", "--grace", "1s"])
+        .prog("true")
+        .stdin("\n\n\n\n")
+        .run();
+    out.assert_no_panic();
+    let counters: Vec<Option<u64>> = out.events_of("spawn").iter().map(|e| e["n"].as_u64()).collect();
+    assert_eq!(
+        counters,
+        [Some(u64::MAX - 1), Some(u64::MAX)],
+        "{}",
+        out.context()
+    );
+    out.assert_stderr_contains("counter is at its maximum");
 }

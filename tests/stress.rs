@@ -278,3 +278,104 @@ fn stress_fd_exhaustion_2000_spawns_with_64_fds() {
         out.context()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Issue 10: idle control clients and the client limit
+
+/// `brood run --socket S --events E -f brood.toml` on one long sleeper,
+/// answering.
+fn run_with_socket(name: &str) -> (Running, std::path::PathBuf) {
+    let b = Brood::new(name);
+    let sock = b.dir().join("s.sock");
+    let config = b.dir().join("brood.toml");
+    std::fs::write(&config, "[program.web]\ncommand = [\"sleep\", \"1000\"]\n").unwrap();
+    let events = b.events_path();
+    let brood = b
+        .raw_args([
+            OsStr::new("run"),
+            OsStr::new("--events"),
+            events.as_os_str(),
+            OsStr::new("--socket"),
+            sock.as_os_str(),
+            OsStr::new("-f"),
+            config.as_os_str(),
+        ])
+        .watchdog(Duration::from_secs(60))
+        .start();
+    wait_for(DEADLINE, "the socket", || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
+    (brood, sock)
+}
+
+#[test]
+#[ignore = "stress: make test-stress"]
+fn stress_idle_clients_are_closed_after_10s_and_clients_past_the_limit_wait_for_a_slot() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    let (brood, sock) = run_with_socket("idle-limit");
+    // 1,100 clients that never send anything: 1,024 take every slot, the
+    // rest wait in the listen backlog.
+    let mut idle: Vec<_> = (0..1100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    let t = Instant::now();
+    let mut waiting = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    waiting.write_all(b"{\"verb\":\"status\"}\n").unwrap();
+    waiting.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut line = String::new();
+    BufReader::new(&waiting).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    assert_eq!(
+        v["ok"], true,
+        "a client past the limit waits, it is not refused: {line}"
+    );
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(25),
+        "served after {waited:?}: the idle clients should have held every slot for about 10 s"
+    );
+    // The first idle client was told why, then closed.
+    let mut first = idle.remove(0);
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut told = String::new();
+    first.read_to_string(&mut told).unwrap();
+    assert!(told.contains("no complete request within 10s"), "{told:?}");
+    drop(idle);
+    brood.signal(Signal::SIGTERM);
+    brood.finish().assert_code(0);
+}
+
+#[test]
+#[ignore = "stress: make test-stress"]
+fn stress_a_logs_follower_is_never_closed_as_idle() {
+    use std::io::{BufRead, BufReader, Write};
+    let (brood, sock) = run_with_socket("follower-idle");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"{\"verb\":\"logs\",\"target\":\"web\",\"follow\":true}\n")
+        .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    // Past the idle limit, the follower is still connected.
+    assert!(
+        holds_for(Duration::from_secs(12), || {
+            let mut buf = [0u8; 1];
+            // SAFETY: a non-blocking peek into a one-byte buffer.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    buf.as_mut_ptr().cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            n < 0
+        }),
+        "the follower was closed"
+    );
+    brood.signal(Signal::SIGTERM);
+    brood.finish().assert_code(0);
+}

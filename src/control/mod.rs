@@ -3,9 +3,12 @@
 //!
 //! Safe by default: created mode 0600, every peer's uid checked with
 //! SO_PEERCRED, a stale socket of a dead brood replaced, a live one refused.
-//! Clients are bounded: a request line of at most 64 KiB, at most 1 MiB
-//! waiting to be written to a client, at most 64 clients at once; a client
-//! past a bound is dropped, and none of them can stall the loop.
+//! Clients are bounded: a request line of at most 64 KiB; the next request
+//! read only once less than 1 MiB waits to be written to the client (an
+//! answer itself is written whole, however long); a `logs -f` backlog of
+//! at most 1 MiB; 1,024 clients at once (the next wait in the listen
+//! backlog); 10 s without a request closes a client that is not following.
+//! None of them can stall the loop.
 
 pub mod ring;
 pub mod socket;
@@ -14,10 +17,11 @@ use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// Most bytes queued for one client before it is dropped.
+/// Above this many bytes waiting to be written to a client, brood reads no
+/// further request from it and sends a follower no further line.
 pub const MAX_PENDING: usize = 1024 * 1024;
-/// Most clients connected at once.
-pub const MAX_CLIENTS: usize = 64;
+/// Most clients connected at once; the next wait in the listen backlog.
+pub const MAX_CLIENTS: usize = 1024;
 /// Most instances `scale` may ask for (the config's `numprocs` bound).
 pub const MAX_SCALE: u32 = 10_000;
 /// `logs` without `lines`, and the most it may ask for.

@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-const MAX_LINES: usize = 1000;
-const MAX_BYTES: usize = 1024 * 1024;
+pub const MAX_LINES: usize = 1000;
+pub const MAX_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct LogLine {
@@ -90,6 +90,12 @@ impl Ring {
             stderr: e.stderr,
             text: String::from_utf8_lossy(&bytes).into_owned(),
         }
+    }
+
+    /// The sequence number of the oldest line kept (the next one's when
+    /// there is none): a reader whose cursor is below it missed lines.
+    pub fn first_seq(&self) -> u64 {
+        self.entries.front().map_or(self.next_seq, |e| e.seq)
     }
 
     /// Lines with `seq >= from` that `keep` accepts.

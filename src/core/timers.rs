@@ -32,6 +32,11 @@ pub enum Timer {
     Drain,
     /// Look again whether killed groups have emptied.
     Recheck,
+    /// A control client sent nothing for too long (by client number).
+    ClientIdle(usize),
+    /// The grace of leftovers (brood's children outside every group it
+    /// knows, found at shutdown) is over: SIGKILL them.
+    KillLeftovers,
 }
 
 pub struct Timers<K = Timer> {

@@ -76,6 +76,9 @@ pub struct SpawnQueue {
     /// alive: wait for one to exit, then try again (nothing is dropped).
     pub starved: bool,
     pub starve_warned: bool,
+    /// The counter reached u64::MAX and that child was spawned: no counter
+    /// is left for another (it never wraps).
+    pub counter_spent: bool,
 }
 
 /// What decides when children start and what their exits mean.
@@ -93,6 +96,17 @@ pub struct Stats {
     pub failed: u64,
     pub spawn_failed: u64,
     pub stopped: u64,
+}
+
+/// brood's children outside every group it knows, found at shutdown.
+#[derive(Default)]
+struct Leftovers {
+    /// Signalled and not yet reaped.
+    pids: HashSet<i32>,
+    /// Their grace is over: any found later gets SIGKILL at once.
+    killed: bool,
+    /// Said once that they cannot be found without /proc.
+    warned: bool,
 }
 
 struct Shutdown {
@@ -141,6 +155,7 @@ pub struct Supervisor {
     doomed: HashSet<i32>,
     /// Groups whose leader is reaped but that still had members: pgid to label.
     lingering: HashMap<i32, String>,
+    leftovers: Leftovers,
     /// Pipes with data to read, in the order they became ready.
     ready: VecDeque<Token>,
     timers: Timers,
@@ -240,6 +255,7 @@ impl Supervisor {
             alive: 0,
             doomed: HashSet::new(),
             lingering: HashMap::new(),
+            leftovers: Leftovers::default(),
             ready: VecDeque::new(),
             timers: Timers::default(),
             stdout,
@@ -490,6 +506,8 @@ impl Supervisor {
                         self.escalate();
                     }
                 }
+                Timer::ClientIdle(client) => self.on_client_idle(client),
+                Timer::KillLeftovers => self.kill_leftovers(),
                 // Looked at by `finished`, every turn.
                 Timer::Drain | Timer::Recheck => {}
             }
@@ -530,6 +548,11 @@ impl Supervisor {
             if !escalated {
                 return false;
             }
+        }
+        // Leftovers are what is left once every known group is empty (a
+        // member of a killed group may still be dying, not yet a zombie).
+        if self.lingering.is_empty() && !self.stop_leftovers() {
+            return false;
         }
         let now = Instant::now();
         let open_pipes = self.children.values().any(Child::has_pipes);

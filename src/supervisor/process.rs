@@ -169,6 +169,56 @@ fn signal_lingering(pgid: i32, sig: i32) -> bool {
     group_has_member(pgid) && unsafe { libc::kill(-pgid, sig) == 0 }
 }
 
+/// Whether brood still has a child, reaped ones aside: any process the
+/// kernel would let it wait for (`ECHILD` means none).
+fn has_children() -> bool {
+    // SAFETY: siginfo_t is plain data; WNOWAIT|WNOHANG only reports.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0
+    }
+}
+
+/// brood's live children as /proc lists them: every process whose parent
+/// is brood. None when /proc cannot tell (not mounted, or another PID
+/// namespace's, where /proc/self is not brood's pid): then nobody can be
+/// named safely.
+fn children_in_proc() -> Option<Vec<(i32, String)>> {
+    let me = std::process::id() as i32;
+    let own = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse::<i32>().ok()));
+    if own != Some(me) {
+        return None;
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let mut fields = stat[close + 1..].split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
+        // A zombie is only waiting to be reaped.
+        if ppid == Some(me) && state != Some("Z") {
+            found.push((pid, stat[open + 1..close].to_string()));
+        }
+    }
+    Some(found)
+}
+
 impl Supervisor {
     /// Spawn mode: whether the queue has a spawn it may make now.
     pub(super) fn spawn_due(&self) -> bool {
@@ -195,14 +245,26 @@ impl Supervisor {
             let Driver::Spawn(queue) = &mut self.driver else {
                 return;
             };
+            if queue.counter_spent {
+                log::error!(
+                    "cannot spawn another child: the counter is at its maximum ({}) and would wrap",
+                    u64::MAX
+                );
+                queue.queued = 0;
+                return;
+            }
             queue.queued -= 1;
             let n = queue.next_n;
-            queue.next_n += 1;
+            match n.checked_add(1) {
+                Some(next) => queue.next_n = next,
+                None => queue.counter_spent = true,
+            }
             if self.spawn_child(ProgramId(0), n, None).is_none() && self.starved() {
                 // Put the request back, counter and all.
                 if let Driver::Spawn(q) = &mut self.driver {
                     q.queued += 1;
                     q.next_n = n;
+                    q.counter_spent = false;
                 }
                 return;
             }
@@ -425,7 +487,13 @@ impl Supervisor {
             self.resources_freed();
             return;
         }
+        // (A leftover may be a probe's check still running at the end.)
+        let leftover = self.leftovers.pids.remove(&pid);
         if self.on_probe_exit(pid, status) {
+            return;
+        }
+        if leftover {
+            log::info!("leftover pid {pid} {}", status.describe());
             return;
         }
         let Some(id) = self.by_pid.remove(&pid) else {
@@ -565,9 +633,88 @@ impl Supervisor {
             self.timers.cancel(Timer::KillGroup(pgid));
             self.kill_lingering(pgid);
         }
+        if !self.leftovers.pids.is_empty() {
+            self.timers.cancel(Timer::KillLeftovers);
+            self.kill_leftovers();
+        }
         self.timers.cancel(Timer::ShutdownGrace);
         if let Some(sd) = self.shutdown.as_mut() {
             sd.escalated = true;
+        }
+    }
+
+    // ----- leftovers -------------------------------------------------------
+
+    /// Shutdown, every known child reaped: brood's other children are
+    /// leftovers, processes that left their group (`setsid`) and came back
+    /// to brood, the subreaper, when their parent died. They get SIGTERM,
+    /// named, then SIGKILL after the grace. True once there are none; false
+    /// while brood waits for them.
+    pub(super) fn stop_leftovers(&mut self) -> bool {
+        if !self.leftovers.pids.is_empty() {
+            return false; // signalled; their exits come as SIGCHLD
+        }
+        if !has_children() {
+            return true;
+        }
+        let Some(found) = children_in_proc() else {
+            if !self.leftovers.warned {
+                log::warn!(
+                    "brood still has children outside every group it knows, and cannot name them without \
+                     its own /proc: leaving them"
+                );
+                self.leftovers.warned = true;
+            }
+            return true;
+        };
+        let escalated = self.shutdown.as_ref().is_some_and(|sd| sd.escalated);
+        let sig = if escalated || self.leftovers.killed {
+            SIGKILL
+        } else {
+            SIGTERM
+        };
+        for (pid, comm) in found {
+            if self.by_pid.contains_key(&pid) || self.doomed.contains(&pid) {
+                continue;
+            }
+            // An unreaped child of brood: its pid cannot be a stranger's.
+            // SAFETY: kill takes integers only.
+            if unsafe { libc::kill(pid, sig) } != 0 {
+                continue;
+            }
+            if sig != SIGKILL {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, SIGCONT) };
+            }
+            log::warn!(
+                "leftover pid {pid} ({comm}) outlived its group: sent {}",
+                signals::name(sig)
+            );
+            self.events.emit(&Event::signal("leftover", pid, sig));
+            self.leftovers.pids.insert(pid);
+        }
+        if self.leftovers.pids.is_empty() {
+            // Only unreaped zombies, about to be reaped.
+            return true;
+        }
+        if sig == SIGTERM {
+            let grace = self.opts.grace;
+            self.timers.schedule(Timer::KillLeftovers, Instant::now() + grace);
+        }
+        false
+    }
+
+    /// The leftovers' grace is over: SIGKILL those still here (each is an
+    /// unreaped child, so the pid is still theirs).
+    pub(super) fn kill_leftovers(&mut self) {
+        self.leftovers.killed = true;
+        let pids: Vec<i32> = self.leftovers.pids.iter().copied().collect();
+        for pid in pids {
+            // SAFETY: kill takes integers only.
+            if unsafe { libc::kill(pid, SIGKILL) } == 0 {
+                log::warn!("leftover pid {pid} did not stop in time: sent SIGKILL");
+                self.events.emit(&Event::signal("leftover", pid, SIGKILL));
+            }
         }
     }
 }

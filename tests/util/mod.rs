@@ -41,8 +41,13 @@ pub const WATCHDOG: Duration = Duration::from_secs(30);
 /// The default deadline for `wait_for` style conditions in tests.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The binary under test: this build's, or `$BROOD_TEST_BIN` (to check that
+/// a regression test fails on an older build).
 pub fn brood_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_brood")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BROOD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_brood").to_string())
+    })
 }
 
 pub fn script_dir() -> PathBuf {
