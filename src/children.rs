@@ -69,6 +69,11 @@ pub struct Child {
     /// The write end of its stdin pipe, held (never written) until the
     /// child is reaped.
     pub stdin: Option<OwnedFd>,
+    /// It runs on a pseudo-terminal: `pipes[Stdout]` is the master.
+    pub tty: bool,
+    /// The control client attached to its terminal (`ctl attach`), if any.
+    /// Client ids are never reused, so a stale one names no client.
+    pub attached: Option<usize>,
 }
 
 impl Child {

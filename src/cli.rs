@@ -264,6 +264,12 @@ pub enum CtlVerb {
     Shutdown,
     /// Close and reopen every log file (after logrotate moved them away).
     Reopen,
+    /// Connect this terminal to an instance's terminal (tty = true), in
+    /// raw mode, until Ctrl-] detaches; the instance keeps running.
+    Attach {
+        /// The instance's label, such as web.1.
+        target: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,6 +2,9 @@
 //! A plain blocking client: one request line, then the answer lines, every
 //! wait bounded by `--timeout` (a stopped brood still accepts connections
 //! into its backlog, and would otherwise keep us waiting forever).
+//! `attach` then carries a terminal session (`attach`).
+
+mod attach;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -88,6 +91,9 @@ fn request(verb: &CtlVerb) -> Result<WireRequest, Error> {
         CtlVerb::Reload => WireRequest::Reload,
         CtlVerb::Shutdown => WireRequest::Shutdown,
         CtlVerb::Reopen => WireRequest::Reopen,
+        CtlVerb::Attach { target } => WireRequest::Attach {
+            target: target.clone(),
+        },
     })
 }
 
@@ -221,6 +227,14 @@ pub fn run(args: CtlArgs) -> Result<i32, Error> {
         let why = reply["error"].as_str().unwrap_or("refused");
         eprintln!("brood ctl: {why}");
         return Ok(1);
+    }
+    if let CtlVerb::Attach { target } = &args.verb {
+        // The session waits as long as the user likes.
+        let _ = stream.set_read_timeout(None);
+        let _ = stream.set_write_timeout(None);
+        let early = reader.buffer().to_vec();
+        drop(reader);
+        return attach::run(&stream, &early, target, &reply["pid"]);
     }
     let mut out = Out::default();
     match &args.verb {

@@ -294,8 +294,21 @@ fn systemd_attrs(name: &str, attrs: &ProcessAttrs, flag_user: Option<&str>) -> R
         // default: services do not wait on a terminal's input, and a
         // watcher that needs an open stdin is a development tool.
         stdin: _,
+        tty,
     } = attrs;
     let mut lines = Vec::new();
+    if *tty {
+        // TTYPath= with StandardInput=tty puts a service on an existing
+        // terminal device (a VT, a serial line), not on a pty of its own
+        // that its output is read from: nothing in a unit does that.
+        log::warn!(
+            "program '{name}': tty = true has no equivalent in a unit (TTYPath= takes over a real terminal); left out, the service runs on the journal's pipes"
+        );
+        lines.push(
+            "# tty = true: left out (a unit has no pseudo-terminal of its own; TTYPath= is a real terminal)"
+                .to_string(),
+        );
+    }
     let user = match (flag_user, user) {
         (Some(flag), Some(spec)) if flag != id_text(spec) => {
             return Err(Error::usage(format!(
@@ -521,6 +534,12 @@ fn kubernetes_deployment(p: &RunProgram, app: &str, image: &str) -> Result<(Stri
         }
     }
     kubernetes_probes(&mut out, name, ready.as_ref(), health.as_ref());
+    if attrs.tty {
+        // The container runtime gives `brood init` a terminal, which it
+        // hands on to the program (init mode passes its stdio through);
+        // `kubectl attach -it` is `brood ctl attach`. A tty needs stdin.
+        let _ = writeln!(out, "          stdin: true\n          tty: true");
+    }
     if !security.is_empty() {
         let _ = writeln!(out, "          securityContext:");
         for line in security {
@@ -544,6 +563,8 @@ fn kubernetes_security(name: &str, attrs: &ProcessAttrs) -> Result<Vec<String>, 
         // `brood init` hands the container's stdin on (closed unless the
         // pod sets `stdin: true`): a development concern, not mapped.
         stdin: _,
+        // The container's own `tty: true` (see `kubernetes_deployment`).
+        tty: _,
     } = attrs;
     let refuse = |what: String| Err(Error::usage(format!("program '{name}': {what}")));
     let mut lines = Vec::new();

@@ -1,6 +1,6 @@
 //! Process attributes (SPEC 17) and the children's stdin: `user`, `group`,
-//! `umask`, `nice`, `rlimits`, `clear_env` and `stdin` of a `[program.NAME]`
-//! table, validated with their positions.
+//! `umask`, `nice`, `rlimits`, `clear_env`, `stdin` and `tty` (SPEC 18) of a
+//! `[program.NAME]` table, validated with their positions.
 //!
 //! Parsing checks the syntax and keeps what was written (export maps that).
 //! [`ProcessAttrs::credentials`] resolves names against the passwd and
@@ -113,6 +113,9 @@ pub struct ProcessAttrs {
     /// Start from an empty environment instead of brood's.
     pub clear_env: bool,
     pub stdin: StdinMode,
+    /// Run on a pseudo-terminal (SPEC 18): its own session, the pty's
+    /// slave as controlling terminal and as stdin, stdout and stderr.
+    pub tty: bool,
 }
 
 /// The ids a child switches to, resolved in the parent.
@@ -133,6 +136,7 @@ pub struct TomlAttrs {
     pub rlimits: Option<BTreeMap<String, Spanned<Value>>>,
     pub clear_env: Option<bool>,
     pub stdin: Option<Spanned<String>>,
+    pub tty: Option<Spanned<bool>>,
 }
 
 /// Validate the attribute keys of program `name`. `err` makes a located
@@ -242,6 +246,14 @@ pub fn from_toml(
         });
     }
     rlimits.sort_by_key(|l| RLIMITS.iter().position(|(_, x, _)| *x == l.resource));
+    let tty = raw.tty.as_ref().is_some_and(|t| *t.get_ref());
+    if let (true, Some(s)) = (tty, raw.stdin.as_ref()) {
+        // On a terminal, stdin is the terminal: there is nothing to choose.
+        return Err(err(
+            s.span().start,
+            &format!("program '{name}': stdin cannot be set with tty = true (the terminal is its stdin)"),
+        ));
+    }
     let stdin = match raw.stdin {
         None => StdinMode::Pipe,
         Some(s) => match s.get_ref().as_str() {
@@ -266,6 +278,7 @@ pub fn from_toml(
         rlimits,
         clear_env: raw.clear_env.unwrap_or(false),
         stdin,
+        tty,
     })
 }
 

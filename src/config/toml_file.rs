@@ -82,6 +82,8 @@ struct Program {
     rlimits: Option<BTreeMap<String, Spanned<toml::Value>>>,
     clear_env: Option<bool>,
     stdin: Option<Spanned<String>>,
+    /// Run on a pseudo-terminal (SPEC 18).
+    tty: Option<Spanned<bool>>,
     log: Option<Spanned<Log>>,
     ready: Option<Spanned<Ready>>,
     health: Option<Spanned<Health>>,
@@ -218,6 +220,7 @@ pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Vec<RunProgram>, Err
                 rlimits: prog.rlimits,
                 clear_env: prog.clear_env,
                 stdin: prog.stdin,
+                tty: prog.tty,
             },
             &name,
             path,

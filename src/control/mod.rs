@@ -74,12 +74,53 @@ pub enum WireRequest {
     Reload,
     Shutdown,
     Reopen,
+    /// Connect to an instance's terminal: after the reply line the
+    /// connection carries bytes (see [`ATTACH_INPUT`]).
+    Attach {
+        target: String,
+    },
 }
 
 /// The verbs [`WireRequest`] knows, for the "unknown verb" message.
-const VERBS: [&str; 11] = [
-    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "reload", "reopen", "shutdown",
+const VERBS: [&str; 12] = [
+    "status", "start", "stop", "restart", "signal", "scale", "logs", "events", "reload", "reopen",
+    "shutdown", "attach",
 ];
+
+/// After a successful `attach` reply, brood sends the terminal's output as
+/// raw bytes, and the client sends frames: a kind byte, a big-endian u16
+/// length, then that many bytes. This kind carries keys for the terminal.
+pub const ATTACH_INPUT: u8 = 0;
+/// A frame of this kind carries the client's window size: rows and
+/// columns, each a big-endian u16.
+pub const ATTACH_WINDOW: u8 = 1;
+
+/// One client-to-server frame of an attached connection.
+pub fn attach_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().min(u16::MAX as usize);
+    let mut frame = Vec::with_capacity(3 + len);
+    frame.push(kind);
+    frame.extend_from_slice(&(len as u16).to_be_bytes());
+    frame.extend_from_slice(&payload[..len]);
+    frame
+}
+
+/// Split the complete frames off the front of `buf`: `(kind, payload)`
+/// each; a partial frame stays in `buf`.
+pub fn take_frames(buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let [kind, hi, lo, ..] = buf[at..] {
+        let len = u16::from_be_bytes([hi, lo]) as usize;
+        let Some(payload) = buf.get(at + 3..at + 3 + len) else {
+            break;
+        };
+        frames.push((kind, payload.to_vec()));
+        at += 3 + len;
+    }
+    buf.drain(..at);
+    frames
+}
 
 /// A validated request: what the run loop acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +150,8 @@ pub enum Request {
     Shutdown,
     /// Close and reopen every log file (logrotate's `create` mode).
     Reopen,
+    /// Connect to this label's terminal.
+    Attach(String),
 }
 
 /// Only the verb, to name an unknown one in its own words.
@@ -174,6 +217,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         WireRequest::Reload => Request::Reload,
         WireRequest::Shutdown => Request::Shutdown,
         WireRequest::Reopen => Request::Reopen,
+        WireRequest::Attach { target } => Request::Attach(target),
     })
 }
 
@@ -219,6 +263,32 @@ mod tests {
             })
         );
         assert_eq!(parse_request(br#"{"verb":"reopen"}"#), Ok(Request::Reopen));
+        assert_eq!(
+            parse_request(br#"{"verb":"attach","target":"web.1"}"#),
+            Ok(Request::Attach("web.1".into()))
+        );
+    }
+
+    #[test]
+    fn attach_frames_round_trip_and_wait_for_their_whole_payload() {
+        let mut stream = attach_frame(ATTACH_INPUT, b"ls\r");
+        stream.extend(attach_frame(ATTACH_WINDOW, &[0, 40, 0, 120]));
+        stream.extend(attach_frame(ATTACH_INPUT, b""));
+        let whole = stream.len();
+        stream.extend(&attach_frame(ATTACH_INPUT, b"abc")[..4]);
+        let frames = take_frames(&mut stream);
+        assert_eq!(
+            frames,
+            [
+                (ATTACH_INPUT, b"ls\r".to_vec()),
+                (ATTACH_WINDOW, vec![0, 40, 0, 120]),
+                (ATTACH_INPUT, vec![]),
+            ]
+        );
+        assert_eq!(stream.len(), 4, "the partial frame waits ({whole} bytes taken)");
+        stream.extend(b"bc");
+        assert_eq!(take_frames(&mut stream), [(ATTACH_INPUT, b"abc".to_vec())]);
+        assert!(stream.is_empty());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! `rt_sigaction` (reset brood's handled and ignored signals to SIG_DFL;
 //! in init mode, set the ones brood's parent ignored back to SIG_IGN),
 //! `setpgid`, `tcsetpgrp` and `getpid` (init on a terminal),
+//! or for `tty = true` `setsid` and `ioctl(TIOCSCTTY)` instead of `setpgid`
+//! (a session of its own, the pty's slave as its controlling terminal),
 //! `dup2`/`fcntl` (stdio), `close_range` or `fcntl(FD_CLOEXEC)` (inherited
 //! fds), `dup2` or `fcntl(F_SETFD, 0)` (the extra fd, after close_range so
 //! that it stays open across exec), `setrlimit` (first the RLIMIT_NOFILE brood started with, then the
@@ -52,6 +54,8 @@ pub enum Stage {
     Uid,
     /// `setpriority`.
     Nice,
+    /// `setsid` or `ioctl(TIOCSCTTY)`: taking the pseudo-terminal.
+    Terminal,
     /// `setrlimit` of this RLIMIT_* resource.
     Rlimit(c_int),
     /// Never sent: the parent could not read a well-formed report (`why`,
@@ -74,6 +78,7 @@ impl Stage {
             Stage::Gid => 6,
             Stage::Uid => 7,
             Stage::Nice => 8,
+            Stage::Terminal => 9,
             Stage::Rlimit(resource) => RLIMIT_WIRE + resource as u32,
         }
     }
@@ -88,6 +93,7 @@ impl Stage {
             6 => Some(Stage::Gid),
             7 => Some(Stage::Uid),
             8 => Some(Stage::Nice),
+            9 => Some(Stage::Terminal),
             v if (RLIMIT_WIRE..RLIMIT_WIRE + 64).contains(&v) => {
                 Some(Stage::Rlimit((v - RLIMIT_WIRE) as c_int))
             }
@@ -151,6 +157,11 @@ pub struct ChildSetup<'a> {
     pub parent_pid: libc::pid_t,
     /// Whether to put the child in its own process group.
     pub new_group: bool,
+    /// The pty's slave (`tty = true`), or -1: the child makes a session
+    /// of its own (leading its group too, so signals to the group reach
+    /// it) with this as its controlling terminal. `stdio` dups it onto
+    /// 0, 1 and 2.
+    pub tty: RawFd,
     /// A terminal whose foreground the child's new group takes (init mode),
     /// or -1. Done here, before exec, so the program never runs in the
     /// background of its terminal, as a shell does it.
@@ -194,10 +205,16 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
         set_ignored(sig);
     }
 
-    if setup.new_group && libc::setpgid(0, 0) != 0 {
+    if setup.tty >= 0 {
+        // setsid cannot fail here (a fresh child leads no group), and the
+        // slave was opened O_NOCTTY by brood, so it is no one's terminal.
+        if libc::setsid() < 0 || libc::ioctl(setup.tty, libc::TIOCSCTTY, 0) != 0 {
+            fail(setup.err_fd, Stage::Terminal);
+        }
+    } else if setup.new_group && libc::setpgid(0, 0) != 0 {
         fail(setup.err_fd, Stage::Setup);
     }
-    if setup.new_group && setup.foreground_tty >= 0 {
+    if setup.tty < 0 && setup.new_group && setup.foreground_tty >= 0 {
         // SIGTTOU is blocked here, so a background group may take the
         // terminal. Failure is not fatal: the program runs anyway.
         libc::tcsetpgrp(setup.foreground_tty, libc::getpid());

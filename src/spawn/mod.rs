@@ -124,6 +124,10 @@ pub struct Spawned {
     /// The write end of the child's stdin pipe ([`plan::Attrs::stdin_pipe`]):
     /// never written; the child reads EOF once brood drops it.
     pub stdin: Option<OwnedFd>,
+    /// `stdout` is the master of the child's pseudo-terminal
+    /// ([`plan::Attrs::tty`]), non-blocking: its output and stderr in one
+    /// stream, and where its input is written. No `stderr`, no `stdin`.
+    pub tty: bool,
 }
 
 #[derive(Debug)]
@@ -166,6 +170,10 @@ impl SpawnError {
                     .unwrap_or_default();
                 format!("cannot exec '{prog}': cannot enter directory '{dir}': {reason}")
             }
+            SpawnError::Exec {
+                stage: Stage::Terminal,
+                ..
+            } => format!("cannot exec '{prog}': cannot take its pseudo-terminal: {reason}"),
             SpawnError::Exec {
                 stage: Stage::Setup, ..
             } => {
@@ -273,6 +281,51 @@ fn set_nonblocking(fd: &OwnedFd) {
     }
 }
 
+/// The window a new pseudo-terminal starts with: brood's own terminal's
+/// size if it has one, else 80x24.
+fn initial_window() -> libc::winsize {
+    for fd in [1, 0, 2] {
+        // SAFETY: winsize is plain data; TIOCGWINSZ writes one into it or
+        // fails (ENOTTY) on what is no terminal.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+            return ws;
+        }
+    }
+    libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// A pseudo-terminal for a `tty = true` child: the master stays brood's
+/// (close-on-exec, non-blocking, read like a pipe), the slave goes to the
+/// child, opened O_NOCTTY so that it never becomes brood's own terminal.
+pub fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    let master =
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // posix_openpt may not pass O_CLOEXEC on; brood is single-threaded
+    // and forks nothing before this, so setting it now closes no race.
+    fcntl(&master, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let ws = initial_window();
+    // SAFETY: `ws` is a valid winsize the call only reads.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(Errno::last());
+    }
+    Ok((master.into(), slave))
+}
+
 /// Fork one child and exec `image` with `argv` in it.
 pub fn spawn(ctx: &SpawnContext, image: &Image, argv: &CArray, stdio: Stdio) -> Result<Spawned, SpawnError> {
     spawn_with(ctx, image, argv, stdio, None)
@@ -289,7 +342,14 @@ pub fn spawn_with(
     if extra.as_ref().is_some_and(|e| e.target < 3) {
         return Err(SpawnError::Fork(Errno::EBADF));
     }
+    // With --inherit the child is on brood's own terminal (if any) instead.
+    let pty = if image.attrs.tty && stdio == Stdio::Capture && !ctx.inherit_stdin {
+        Some(open_pty().map_err(SpawnError::Fork)?)
+    } else {
+        None
+    };
     let (out, err) = match stdio {
+        Stdio::Capture if pty.is_some() => (None, None),
         Stdio::Capture => (
             Some(pipe_cloexec().map_err(SpawnError::Fork)?),
             Some(pipe_cloexec().map_err(SpawnError::Fork)?),
@@ -320,7 +380,7 @@ pub fn spawn_with(
     // (watchers that quit at EOF keep running) until brood drops the write
     // end. Both ends are close-on-exec, so no other child inherits them;
     // the read end reaches this child only through the dup2 onto 0.
-    let stdin_pipe = if image.attrs.stdin_pipe && !ctx.inherit_stdin {
+    let stdin_pipe = if image.attrs.stdin_pipe && !ctx.inherit_stdin && pty.is_none() {
         Some(pipe_cloexec().map_err(SpawnError::Fork)?)
     } else {
         None
@@ -333,12 +393,11 @@ pub fn spawn_with(
         ctx.dev_null.as_ref().map_or(-1, |f| f.as_raw_fd())
     };
     let creds = image.attrs.credentials.as_ref();
-    let setup = ChildSetup {
-        paths: image.paths.ptrs(),
-        argv: argv.as_ptr(),
-        envp: image.envp.as_ptr(),
-        cwd: image.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-        stdio: [
+    let tty = pty.as_ref().map_or(-1, |(_, slave)| slave.as_raw_fd());
+    let stdio = if tty >= 0 {
+        [(tty, 0), (tty, 1), (tty, 2)]
+    } else {
+        [
             (stdin_fd, 0),
             (
                 out.as_ref()
@@ -350,7 +409,14 @@ pub fn spawn_with(
                     .map_or(null_out.unwrap_or(-1), |(_, w)| w.as_raw_fd()),
                 2,
             ),
-        ],
+        ]
+    };
+    let setup = ChildSetup {
+        paths: image.paths.ptrs(),
+        argv: argv.as_ptr(),
+        envp: image.envp.as_ptr(),
+        cwd: image.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        stdio,
         err_fd: err_w.as_raw_fd(),
         reset_signals: &ctx.reset_signals,
         ignore_signals: &ctx.ignore_signals,
@@ -361,6 +427,7 @@ pub fn spawn_with(
         pdeathsig: ctx.pdeathsig.unwrap_or(0),
         parent_pid: ctx.parent_pid,
         new_group: ctx.new_group,
+        tty,
         foreground_tty: ctx.foreground_tty.unwrap_or(-1),
         max_fd: ctx.max_fd,
         nofile: ctx.original_nofile,
@@ -412,7 +479,10 @@ pub fn spawn_with(
     let stdin_w = stdin_pipe.map(|(_r, w)| w);
     // brood's copy of the extra fd: the child has its own now.
     drop(extra);
-    if ctx.new_group {
+    // brood must not hold the slave: the master reads EIO (EOF) only once
+    // every slave fd is closed, that is once the child's session is gone.
+    let master = pty.map(|(master, _slave)| master);
+    if ctx.new_group && master.is_none() {
         // Also from the parent, so the group exists before we can signal it.
         // EACCES after the child's exec is harmless: it did it itself.
         let _ = nix::unistd::setpgid(pid, pid);
@@ -475,11 +545,13 @@ pub fn spawn_with(
     for fd in out_r.iter().chain(err_r_pipe.iter()) {
         set_nonblocking(fd);
     }
+    let tty = master.is_some();
     Ok(Spawned {
         pid,
-        stdout: out_r,
+        stdout: master.or(out_r),
         stderr: err_r_pipe,
         stdin: stdin_w,
+        tty,
     })
 }
 
@@ -581,6 +653,7 @@ mod tests {
             Stage::Gid,
             Stage::Uid,
             Stage::Nice,
+            Stage::Terminal,
             Stage::Rlimit(libc::RLIMIT_NOFILE as libc::c_int),
             Stage::Rlimit(0),
         ] {

@@ -4,7 +4,7 @@
 //! block, the working directory); [`Argv`] once per spawn (it carries the
 //! counter). Both hold `CString`s and the NULL-terminated pointer arrays the
 //! child passes to `execve`, so the child allocates nothing. [`Attrs`]
-//! (ids, limits, nice, umask, stdin) is resolved into plain numbers here
+//! (ids, limits, nice, umask, stdin, tty) is resolved into plain numbers here
 //! too, from the config's process attributes.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -63,6 +63,8 @@ pub struct Attrs {
     pub rlimits: Vec<(libc::c_int, libc::rlimit)>,
     /// A pipe that brood holds open on stdin instead of /dev/null.
     pub stdin_pipe: bool,
+    /// A pseudo-terminal for stdin, stdout and stderr (SPEC 18).
+    pub tty: bool,
 }
 
 impl Attrs {
@@ -90,6 +92,7 @@ impl Attrs {
                 })
                 .collect(),
             stdin_pipe: attrs.stdin == StdinMode::Pipe,
+            tty: attrs.tty,
         })
     }
 }

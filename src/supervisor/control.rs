@@ -12,6 +12,10 @@
 //! closed (followers excepted), so idle clients cannot hold the slots. At
 //! [`MAX_CLIENTS`] brood stops accepting: the next clients wait in the
 //! kernel's listen backlog until a slot frees.
+//!
+//! `attach` (a client on an instance's terminal) is in `attach`.
+
+mod attach;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -56,6 +60,8 @@ struct Client {
     events: Option<EventFollow>,
     /// The peer finished sending: answer what it sent, then close.
     eof: bool,
+    /// Attached to an instance's terminal: what it sends is input frames.
+    attach: Option<attach::Attach>,
     /// Close once `out` is written (refused, dropped or broken): no more
     /// requests are read.
     closing: bool,
@@ -68,10 +74,10 @@ impl Client {
         self.out.is_empty() && (self.closing || (self.eof && self.inbuf.iter().all(u8::is_ascii_whitespace)))
     }
 
-    /// A `logs -f` or `events -f` client: it may wait as long as brood
-    /// lives, and is never idle.
+    /// A `logs -f` or `events -f` client, or one attached to a terminal:
+    /// it may wait as long as brood lives, and is never idle.
     fn following(&self) -> bool {
-        self.follow.is_some() || self.events.is_some()
+        self.follow.is_some() || self.events.is_some() || self.attach.is_some()
     }
 }
 
@@ -159,6 +165,7 @@ impl Supervisor {
                     follow: None,
                     events: None,
                     eof: false,
+                    attach: None,
                     closing: false,
                 },
             );
@@ -169,6 +176,10 @@ impl Supervisor {
 
     pub(super) fn on_client(&mut self, token: Token) {
         let id = token.0 - FIRST_CLIENT;
+        if self.is_attached(id) {
+            self.read_attached(id);
+            return;
+        }
         // Answer what is complete, write, read more, until the client
         // would block (epoll is edge-triggered: nothing is left unread
         // unless the client's answers are over the bound, and then the
@@ -176,6 +187,18 @@ impl Supervisor {
         loop {
             while let Some(line) = self.next_request(id) {
                 self.answer(id, &line);
+                if self.is_attached(id) {
+                    // What follows `attach` is the attached stream's.
+                    let after = self
+                        .control
+                        .as_mut()
+                        .and_then(|c| c.clients.get_mut(&id))
+                        .map(|c| std::mem::take(&mut c.inbuf))
+                        .unwrap_or_default();
+                    self.attached_input(id, after);
+                    self.read_attached(id);
+                    return;
+                }
             }
             if !self.flush_client(id) || !self.read_client(id) {
                 return;
@@ -367,6 +390,7 @@ impl Supervisor {
                 self.begin_shutdown(ShutdownReason::Ctl);
                 json!({"ok": true})
             }
+            Request::Attach(target) => self.attach(id, &target),
             Request::Reopen => {
                 let files = self.logs.reopen_all(std::time::Instant::now());
                 let reports = self.logs.take_reports();

@@ -324,7 +324,15 @@ impl Supervisor {
                     probes::NOTIFY => self.on_notify(),
                     token if token.0 >= probes::FIRST_PROBE => self.on_probe_event(token),
                     token if token.0 >= control::FIRST_CLIENT => self.on_client(token),
-                    token => self.ready.push_back(token),
+                    token => {
+                        // Only a terminal's master is watched for writing.
+                        if event.is_writable() {
+                            self.on_terminal_writable(token);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.ready.push_back(token);
+                        }
+                    }
                 }
             }
             self.on_timers(Instant::now());

@@ -34,7 +34,7 @@ pub(super) fn pipe_token(id: ChildId, stream: Stream) -> Token {
     Token(FIRST_PIPE + (id.0 as usize) * 2 + stream as usize)
 }
 
-fn token_pipe(token: Token) -> (ChildId, Stream) {
+pub(super) fn token_pipe(token: Token) -> (ChildId, Stream) {
     let i = token.0 - FIRST_PIPE;
     (ChildId((i / 2) as u64), token_stream(token))
 }
@@ -62,6 +62,14 @@ fn read_some(fd: i32, buf: &mut [u8]) -> Option<usize> {
             _ => return Some(0),
         }
     }
+}
+
+/// `line` without the CRs at its end.
+fn trim_cr(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    line
 }
 
 impl Supervisor {
@@ -171,6 +179,7 @@ impl Supervisor {
             .as_mut()
             .and_then(|c| c.rings.get_mut(&child.program));
         let label = &child.label;
+        let (tty, attached) = (child.tty, child.attached);
         let logs = &mut self.logs;
         let log = logs.file_of(child.program, child.n, label);
         // One time per read: every line of it was read at once.
@@ -178,6 +187,10 @@ impl Supervisor {
         let ready_log = &child.ready_log;
         let mut matched = false;
         let mut emit = |line: &[u8]| {
+            // A terminal ends lines with CR LF (ONLCR); CRs just before the
+            // LF are part of the line end. A CR elsewhere (a progress bar
+            // redrawing its line) is kept, like every other byte.
+            let line = if tty { trim_cr(line) } else { line };
             if !matched && ready_log.as_ref().is_some_and(|m| m.is_match(line)) {
                 matched = true;
             }
@@ -207,6 +220,13 @@ impl Supervisor {
             if let Some(iid) = child.instance {
                 child.ready_log = None;
                 self.probes.log_ready.push(iid);
+            }
+        }
+        if let Some(client) = attached {
+            if n == 0 {
+                self.end_attach(client);
+            } else {
+                self.send_to_attached(client, n);
             }
         }
         if n == 0 {

@@ -365,10 +365,17 @@ impl Supervisor {
                     let Some(fd) = fd else { continue };
                     let raw = fd.as_raw_fd();
                     let token = pipes::pipe_token(id, stream);
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut SourceFd(&raw), token, Interest::READABLE)
+                    // A terminal is also written (`ctl attach`'s keys):
+                    // its writability resumes a stalled input.
+                    let interest = if spawned.tty {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if let Err(e) = self
+                        .poll
+                        .registry()
+                        .register(&mut SourceFd(&raw), token, interest)
                     {
                         log::error!("cannot watch the output of {label}: {e}");
                     }
@@ -402,6 +409,8 @@ impl Supervisor {
                         instance,
                         stdin: spawned.stdin,
                         ready_log,
+                        tty: spawned.tty,
+                        attached: None,
                     },
                 );
                 self.by_pid.insert(pid, id);
