@@ -119,6 +119,8 @@ fn try_request(sock: &Path, req: &Value) -> Result<Value, String> {
 /// (its controlling terminal, in a new session), started at `rows`x`cols`.
 struct AttachPty {
     master: File,
+    /// The terminal's mode before the client started.
+    initial: (u64, u64, u64, u64),
     child: Option<Child>,
     pid: i32,
     output: Arc<Mutex<Vec<u8>>>,
@@ -135,6 +137,7 @@ impl AttachPty {
         };
         let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
         let slave: OwnedFd = pty.slave;
+        let initial = mode_bits(&termios::tcgetattr(slave.as_fd()).expect("tcgetattr"));
         let mut cmd = Command::new(brood_bin());
         cmd.arg("ctl")
             .arg("--socket")
@@ -174,6 +177,7 @@ impl AttachPty {
         });
         AttachPty {
             master: File::from(pty.master),
+            initial,
             child: Some(child),
             pid,
             output,
@@ -440,7 +444,7 @@ fn attach_passes_keys_output_and_window_size_and_detaches_with_ctrl_bracket() {
     let pid = server.pid_of("ed.1");
 
     let mut client = AttachPty::start(&server.sock, "ed.1", 30, 100);
-    let before = mode_bits(&client.mode());
+    let before = client.initial;
     client.wait_output("the attach note", |o| o.contains("attached to ed.1"));
     client.wait_raw();
     // The client's size at the start reaches the program (brood's own
@@ -522,7 +526,7 @@ fn attach_restores_the_terminal_when_the_client_gets_sigterm() {
     let server = Server::start("tty-sigterm", ECHO_TTY);
     let client = AttachPty::start(&server.sock, "ed.1", 24, 80);
     let master = client.master.try_clone().unwrap();
-    let before = mode_bits(&termios::tcgetattr(master.as_fd()).unwrap());
+    let before = client.initial;
     client.wait_raw();
     kill(Pid::from_raw(client.pid), Signal::SIGTERM).unwrap();
     let (code, shown) = client.wait_exit();
