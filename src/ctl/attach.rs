@@ -122,7 +122,11 @@ pub fn run(stream: &UnixStream, early: &[u8], label: &str, pid: &serde_json::Val
     let stdin = io::stdin();
     let raw = RawMode::enter(stdin.as_fd())?;
     let outcome = session(stream, early, &signals);
-    drop(raw);
+    if raw.is_some() {
+        drop(raw);
+        // The program's last line may have no end (a prompt).
+        eprintln!();
+    }
     match outcome {
         Ok(End::Detached) => eprintln!("brood ctl: detached from {label}; it keeps running"),
         Ok(End::StdinClosed) => eprintln!("brood ctl: end of input: detached from {label}; it keeps running"),

@@ -143,6 +143,10 @@ impl Supervisor {
                 // The client detached (or died): the instance runs on.
                 Ok(0) => {
                     client.closing = true;
+                    let child = attach.child;
+                    if let Some(c) = self.children.get(&child) {
+                        log::info!("ctl: a client detached from {}", c.label);
+                    }
                     break;
                 }
                 Ok(n) => self.attached_input(id, buf[..n].to_vec()),
