@@ -589,3 +589,42 @@ fn tty_must_be_a_boolean_and_excludes_stdin() {
         assert!(out.stderr_str().contains(want), "{want}{}", out.context());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Export
+
+#[test]
+fn export_maps_tty_to_a_container_tty_and_leaves_it_out_of_a_unit_by_name() {
+    let brood = Brood::new("tty-export");
+    let dir = brood.dir().to_path_buf();
+    std::fs::write(
+        dir.join("brood.toml"),
+        "[program.repl]\ncommand = [\"python3\", \"-q\"]\ntty = true\nstop_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let b = Brood::new("tty-export-run");
+        let mut argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        argv.extend(["-f".into(), dir.join("brood.toml").into()]);
+        argv.extend(["-o".into(), dir.join(args[1]).into()]);
+        b.raw_args(argv).run()
+    };
+    let k8s = run(&["export", "kubernetes", "--image", "img", "--app", "demo"]);
+    k8s.assert_code(0);
+    let manifest = std::fs::read_to_string(dir.join("kubernetes/demo-repl.yaml")).expect("the Deployment");
+    assert!(
+        manifest.contains("          stdin: true\n          tty: true\n"),
+        "{manifest}"
+    );
+    let systemd = run(&["export", "systemd", "--app", "demo"]);
+    systemd.assert_code(0);
+    assert!(
+        systemd
+            .stderr_str()
+            .contains("program 'repl': tty = true has no equivalent in a unit"),
+        "{}",
+        systemd.context()
+    );
+    let unit = std::fs::read_to_string(dir.join("systemd/demo-repl@.service")).expect("the unit");
+    assert!(unit.contains("# tty = true: left out"), "{unit}");
+}
