@@ -491,6 +491,48 @@ fn attach_passes_keys_output_and_window_size_and_detaches_with_ctrl_bracket() {
 }
 
 #[test]
+fn attach_protocol_frames_sent_with_the_request_are_input() {
+    // A client of the raw protocol that does not wait for the reply: the
+    // bytes after the request line are already the stream's.
+    let server = Server::start("tty-frames", ECHO_TTY);
+    server.wait_line("ed.1", "ready", |t| t == "ready");
+    let mut stream = UnixStream::connect(&server.sock).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut bytes = b"{\"verb\":\"attach\",\"target\":\"ed.1\"}\n".to_vec();
+    bytes.extend([0, 0, 7]);
+    bytes.extend(b"early\r\n");
+    bytes.extend([1, 0, 4, 0, 33, 0, 77]);
+    stream.write_all(&bytes).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["label"], "ed.1", "{reply}");
+    server.wait_line("ed.1", "the early keys", |t| t == "got early");
+    server.wait_line("ed.1", "the framed size", |t| t == "size 33x77");
+    // The raw output reaches the client, CR LF and all.
+    let mut seen = Vec::new();
+    let found = try_wait_for(DEADLINE, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = reader.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).contains("got early\r\n")
+    });
+    assert!(found, "{:?}", String::from_utf8_lossy(&seen));
+    // An unknown frame kind ends the connection; the program runs on.
+    stream.write_all(&[9, 0, 0]).unwrap();
+    let closed = try_wait_for(DEADLINE, || {
+        let mut buf = [0u8; 4096];
+        matches!(reader.read(&mut buf), Ok(0) | Err(_))
+    });
+    assert!(closed, "the connection stayed open after an unknown frame");
+    assert!(proc_state(server.pid_of("ed.1")).is_some());
+    server.stop();
+}
+
+#[test]
 fn a_second_client_is_refused_while_one_is_attached() {
     let server = Server::start("tty-second", ECHO_TTY);
     let mut first = AttachPty::start(&server.sock, "ed.1", 24, 80);

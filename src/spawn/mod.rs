@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn an_unknown_stage_or_a_missing_errno_is_an_error() {
         let mut msg = encode_report(Stage::Exec, libc::ENOENT);
-        msg[7] = 9;
+        msg[7] = 99;
         assert_eq!(unreadable(decode_report(&msg)).1, "unknown stage");
         let zero = encode_report(Stage::Exec, 0);
         assert_eq!(unreadable(decode_report(&zero)).1, "no errno");

@@ -16,6 +16,7 @@
 //! `attach` (a client on an instance's terminal) is in `attach`.
 
 mod attach;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -189,14 +190,7 @@ impl Supervisor {
                 self.answer(id, &line);
                 if self.is_attached(id) {
                     // What follows `attach` is the attached stream's.
-                    let after = self
-                        .control
-                        .as_mut()
-                        .and_then(|c| c.clients.get_mut(&id))
-                        .map(|c| std::mem::take(&mut c.inbuf))
-                        .unwrap_or_default();
-                    self.attached_input(id, after);
-                    self.read_attached(id);
+                    self.begin_attached_stream(id);
                     return;
                 }
             }

@@ -163,9 +163,22 @@ impl Supervisor {
         self.flush_client(id);
     }
 
+    /// The client just attached: the rest of what it sent (after the
+    /// request line) is frames; then read on.
+    pub(super) fn begin_attached_stream(&mut self, id: usize) {
+        let after = self
+            .control
+            .as_mut()
+            .and_then(|c| c.clients.get_mut(&id))
+            .map(|c| std::mem::take(&mut c.inbuf))
+            .unwrap_or_default();
+        self.attached_input(id, after);
+        self.read_attached(id);
+    }
+
     /// Bytes from an attached client: complete frames are acted on, a
     /// partial one waits for the rest.
-    pub(super) fn attached_input(&mut self, id: usize, bytes: Vec<u8>) {
+    fn attached_input(&mut self, id: usize, bytes: Vec<u8>) {
         let Some(client) = self.control.as_mut().and_then(|c| c.clients.get_mut(&id)) else {
             return;
         };
