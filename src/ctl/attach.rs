@@ -59,7 +59,9 @@ fn window_size() -> Option<(u16, u16)> {
     for fd in [0, 1] {
         // SAFETY: winsize is plain data; TIOCGWINSZ fills it or fails.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+        // SAFETY: `ws` is valid for the write TIOCGWINSZ makes, if any.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+        if rc == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
             return Some((ws.ws_row, ws.ws_col));
         }
     }

@@ -288,7 +288,9 @@ fn initial_window() -> libc::winsize {
         // SAFETY: winsize is plain data; TIOCGWINSZ writes one into it or
         // fails (ENOTTY) on what is no terminal.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+        // SAFETY: `ws` is valid for the write TIOCGWINSZ makes, if any.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+        if rc == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
             return ws;
         }
     }
