@@ -277,9 +277,11 @@ fn signal_deaths_and_core_flag_are_reported_exactly() {
         .map(|s| (*s, kernel_dumps_core(reference.path(), s)))
         .collect();
     // The child picks its signal by counter and execs crash (same pid).
+    // One at a time (-j 1): two cores dumped at once into the same file can
+    // make the kernel give up on one of them, and WCOREDUMP with it.
     let out = b
         .shell(
-            "ulimit -c unlimited; export CRASH_CORE=1; exec \"$BROOD\" spawn -n 6 -q --events \"$EVENTS\" -- \
+            "ulimit -c unlimited; export CRASH_CORE=1; exec \"$BROOD\" spawn -n 6 -j 1 -q --events \"$EVENTS\" -- \
              sh -c 'n=$1; set -- TERM KILL INT HUP SEGV ABRT; eval \"s=\\${$n}\"; exec \"$0\" \"$s\"' \"$SCRIPTS/crash\"",
         )
         .run();
