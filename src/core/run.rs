@@ -166,8 +166,13 @@ impl RunCore {
     /// Feed one input from the loop to one instance. False when the
     /// instance is gone or the input changed nothing.
     pub fn input(&mut self, id: InstanceId, input: Input, now: Instant, out: &mut Vec<Action>) -> bool {
+        let before = out.len();
         let changed = self.apply(id, input, now, out);
-        self.settle(now, out);
+        // Nothing changed (a passing health check, a late timer): nothing
+        // else can have become due, and settling would walk every instance.
+        if changed || out.len() != before {
+            self.settle(now, out);
+        }
         changed
     }
 

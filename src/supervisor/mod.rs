@@ -180,6 +180,8 @@ pub struct Supervisor {
     reload: Option<run::ReloadState>,
     /// Readiness and health checks under way, and the sd_notify socket.
     probes: probes::Probes,
+    /// When the loop started: the origin of the probes' shared time grid.
+    epoch: Instant,
     /// The instances' log files (`log = {...}`).
     logs: LogFiles,
 }
@@ -272,6 +274,7 @@ impl Supervisor {
             cut_short: false,
             reload: None,
             probes: probes::Probes::default(),
+            epoch: Instant::now(),
             logs: LogFiles::default(),
         })
     }

@@ -59,6 +59,20 @@ enum Stage {
 }
 
 impl Supervisor {
+    /// `now + interval`, moved up to the next point of a grid shared by
+    /// every instance (a tenth of the interval, at most 25 ms): checks of
+    /// many instances then fall due in the same loop turn instead of each
+    /// waking the loop on its own (100 programs checked every 100 ms: 40
+    /// wake-ups a second, not 1,000).
+    fn coalesced(&self, now: Instant, interval: Duration) -> Instant {
+        let due = now + interval;
+        let grid = (interval / 10).clamp(Duration::from_millis(1), Duration::from_millis(25));
+        let since = due.saturating_duration_since(self.epoch).as_nanos();
+        let step = grid.as_nanos().max(1);
+        let up = (step - since % step) % step;
+        due + Duration::from_nanos(up as u64)
+    }
+
     /// The program settings and phase of a run-mode instance.
     fn probe_stage(&self, id: InstanceId) -> Option<(Stage, i32)> {
         let Driver::Run(core) = &self.driver else {
@@ -95,10 +109,17 @@ impl Supervisor {
 
     /// An instance was spawned: start its readiness clock and check.
     pub(super) fn on_spawned(&mut self, id: InstanceId) {
-        let Some((Stage::Ready(ready), _)) = self.probe_stage(id) else {
-            return;
-        };
         let now = Instant::now();
+        let ready = match self.probe_stage(id) {
+            Some((Stage::Ready(ready), _)) => ready,
+            // No readiness check: ready at once, health checks begin.
+            Some((Stage::Health(health), _)) => {
+                self.timers
+                    .schedule(Timer::ProbeAttempt(id), self.coalesced(now, health.interval));
+                return;
+            }
+            None => return,
+        };
         self.timers
             .schedule(Timer::ReadyDeadline(id), now + ready.timeout);
         if let ReadyKind::Probe(probe) = &ready.kind {
@@ -229,7 +250,7 @@ impl Supervisor {
                 Outcome::Fail(reason) => {
                     log::debug!("{} not ready yet: {reason}", self.label_of(id));
                     self.timers
-                        .schedule(Timer::ProbeAttempt(id), now + ready.interval);
+                        .schedule(Timer::ProbeAttempt(id), self.coalesced(now, ready.interval));
                 }
             },
             Stage::Health(health) => {
@@ -240,7 +261,7 @@ impl Supervisor {
                 self.feed_probe(id, Input::Health(result));
                 if self.probe_stage(id).is_some() {
                     self.timers
-                        .schedule(Timer::ProbeAttempt(id), now + health.interval);
+                        .schedule(Timer::ProbeAttempt(id), self.coalesced(now, health.interval));
                 }
             }
         }
@@ -335,7 +356,7 @@ impl Supervisor {
         let now = Instant::now();
         if let Some((Stage::Health(health), _)) = self.probe_stage(id) {
             self.timers
-                .schedule(Timer::ProbeAttempt(id), now + health.interval);
+                .schedule(Timer::ProbeAttempt(id), self.coalesced(now, health.interval));
         }
         if let Some(w) = self.watchdog_of(id) {
             self.timers.schedule(Timer::Watchdog(id), now + w);
