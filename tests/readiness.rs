@@ -214,3 +214,18 @@ shell = "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.05; done; exec 
     brood.finish();
     drop(silent);
 }
+
+#[test]
+fn health_checks_run_for_a_program_without_a_readiness_check() {
+    let toml = r#"
+[program.svc]
+shell = "exec sleep 60"
+health = { exec = ["false"], interval = "50ms", failures = 2 }
+restart = "on-failure"
+backoff = { initial = "50ms" }
+"#;
+    let brood = start_run("health-no-ready", toml);
+    brood.wait_events("unhealthy", |e| !events_of(e, "unhealthy").is_empty());
+    brood.signal(Signal::SIGTERM);
+    brood.finish();
+}
