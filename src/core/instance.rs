@@ -568,6 +568,7 @@ mod tests {
             max_restarts: 2,
             window: Duration::from_secs(60),
             ready_check: false,
+            health_check: false,
             health_failures: 2,
         }
     }

@@ -17,6 +17,8 @@ pub struct Policy {
     pub window: Duration,
     /// It has a readiness check: spawned is not yet ready.
     pub ready_check: bool,
+    /// It has health checks (`health = {...}`).
+    pub health_check: bool,
     /// Health failures in a row that make it unhealthy.
     pub health_failures: u32,
 }
@@ -30,6 +32,7 @@ impl Policy {
             max_restarts: p.max_restarts,
             window: p.restart_window,
             ready_check: p.ready.is_some(),
+            health_check: p.health.is_some(),
             // Without health checks, a missed sd_notify watchdog ping is
             // the only health failure, and one is enough (as in systemd).
             health_failures: p.health.as_ref().map_or(1, |h| h.failures),
@@ -151,6 +154,7 @@ mod tests {
             max_restarts,
             window: Duration::from_secs(60),
             ready_check: false,
+            health_check: false,
             health_failures: 3,
         }
     }
@@ -270,6 +274,7 @@ mod tests {
             max_restarts: crate::config::DEFAULT_MAX_RESTARTS,
             window: crate::config::DEFAULT_RESTART_WINDOW,
             ready_check: false,
+            health_check: false,
             health_failures: 3,
         };
         let mut s = slot();

@@ -747,6 +747,7 @@ impl RunCore {
             .map(|i| {
                 let entry = self.programs.get(&i.program);
                 let ready_check = entry.is_some_and(|e| e.policy.ready_check);
+                let health_check = entry.is_some_and(|e| e.policy.health_check);
                 InstanceStatus {
                     label: i.label.clone(),
                     name: entry.map(|p| p.name.clone()).unwrap_or_default(),
@@ -758,10 +759,11 @@ impl RunCore {
                     restarts: i.budget.restarts,
                     last_exit: i.last_exit.map(LastExit::of),
                     ready: ready_check.then_some(matches!(i.phase, Phase::Running { ready: true, .. })),
-                    health: i
-                        .health_error
-                        .as_ref()
-                        .map(|e| format!("failing ({}): {e}", i.health_failures)),
+                    // null without health checks; "ok", or how it fails.
+                    health: match &i.health_error {
+                        Some(e) => Some(format!("failing ({} in a row): {e}", i.health_failures)),
+                        None => health_check.then(|| "ok".to_string()),
+                    },
                     notify_status: i.notify_status.clone(),
                     reason: (i.phase == Phase::Blocked)
                         .then(|| self.blocked.get(&i.program).cloned())
@@ -831,6 +833,7 @@ mod tests {
             max_restarts: 3,
             window: Duration::from_secs(60),
             ready_check: false,
+            health_check: false,
             health_failures: 3,
         }
     }
