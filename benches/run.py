@@ -42,7 +42,7 @@ MODES = {
     "full": dict(
         rounds=5, spawn_n=5000, spawn_peer_n=2000, parallel_n=500,
         out_bytes=1 * GiB, out_multi_k=8, out_multi_bytes=128 * MiB,
-        out_line_bytes=256 * MiB, out_byte_bytes=4 * MiB, out_file_bytes=1 * GiB,
+        out_line_bytes=256 * MiB, out_byte_bytes=4 * MiB, out_file_bytes=1 * GiB, out_run_bytes=512 * MiB,
         honcho_bytes=8 * MiB, parallel_bytes=256 * MiB,
         alive_n=10000, alive_rounds=3, rss_rounds=3,
         lat_n=3000, lat_j=4, lat_delay_us=5000, idle_s=10.0,
@@ -50,7 +50,7 @@ MODES = {
     "quick": dict(
         rounds=3, spawn_n=1000, spawn_peer_n=300, parallel_n=60,
         out_bytes=256 * MiB, out_multi_k=8, out_multi_bytes=32 * MiB,
-        out_line_bytes=32 * MiB, out_byte_bytes=512 * 1024, out_file_bytes=256 * MiB,
+        out_line_bytes=32 * MiB, out_byte_bytes=512 * 1024, out_file_bytes=256 * MiB, out_run_bytes=128 * MiB,
         honcho_bytes=2 * MiB, parallel_bytes=32 * MiB,
         alive_n=1000, alive_rounds=3, rss_rounds=1,
         lat_n=500, lat_j=4, lat_delay_us=5000, idle_s=3.0,
@@ -511,6 +511,27 @@ class Suite:
                 b.skip("GNU parallel", "not installed")
         return b
 
+    def output_run(self):
+        """Run mode, as Procfile users run it: `brood run` of one program
+        writing lines in 64 KiB writes, prefixed to /dev/null. Unlike spawn
+        mode, every line also goes to the program's ctl logs ring."""
+        nbytes = self.p["out_run_bytes"]
+        b = self.add(Bench("out-run", "brood run, 1 program, 64 KiB writes, prefixed to /dev/null",
+                           dict(children=1, bytes_each=nbytes, write_size=65536)))
+        b.metric("throughput", "MB/s", "higher", ratio_target=0.95)
+        d = os.path.join(self.tmp, "out-run")
+        os.makedirs(d, exist_ok=True)
+        cfg = os.path.join(d, "brood.toml")
+        with open(cfg, "w") as f:
+            f.write("[program.gen]\n"
+                    f"command = [{json.dumps(self.bin('linegen'))}, \"{nbytes}\", \"65536\"]\n"
+                    "restart = \"never\"\n")
+        b.subject("brood", lambda: {"throughput": nbytes / 1e6 / run_timed(
+            [self.brood, "run", "-q", "--socket", os.path.join(d, "s.sock"), "-f", cfg], cwd=d)})
+        b.subject("C prefixer", lambda: {"throughput": nbytes / 1e6 / run_timed(
+            [self.bin("prefixer"), "-k", "1", self.bin("linegen"), str(nbytes), "65536"])}, reference=True)
+        return b
+
     def output_file(self):
         """The file sink: `brood run` with `log = { file }` (the console
         still written, to /dev/null) against the C prefixer writing the
@@ -770,6 +791,7 @@ class Suite:
                                 p["out_multi_k"], p["out_multi_bytes"], 65536),
             lambda: self.output("out-line", "1 child, one 80-byte line per write", 1, p["out_line_bytes"], 80),
             lambda: self.output("out-byte", "1 child, one byte per write", 1, p["out_byte_bytes"], 1),
+            self.output_run,
             self.output_file,
             self.alive,
             self.rss100,
