@@ -380,7 +380,7 @@ impl Supervisor {
                 });
                 self.children.insert(
                     id,
-                    Child {
+                    Box::new(Child {
                         id,
                         program,
                         n,
@@ -397,7 +397,7 @@ impl Supervisor {
                         ready_log,
                         tty: spawned.tty,
                         attached: None,
-                    },
+                    }),
                 );
                 self.by_pid.insert(pid, id);
                 self.alive += 1;
