@@ -8,6 +8,11 @@
 //! mostly this ring). Lines never contain a newline (the framer cuts at
 //! them), so a block splits back into its lines when it is read, which is
 //! rare.
+//!
+//! A large block is not even copied: the read buffer that holds it is
+//! handed to the ring whole ([`Ring::push_chunk`]) and the reader goes on
+//! with a buffer the ring gives back (one whose block has left the ring).
+//! Copying each read cost brood as much CPU as writing it out did.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -15,6 +20,10 @@ use memchr::memchr_iter;
 
 pub const MAX_LINES: usize = 1000;
 pub const MAX_BYTES: usize = 1024 * 1024;
+/// Blocks at least this large are kept in their read buffer rather than
+/// copied (each such buffer counts whole against `MAX_BYTES`, so small
+/// blocks, which would waste most of one, are copied).
+pub const CHUNK_MIN: usize = 16 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct LogLine {
@@ -25,7 +34,8 @@ pub struct LogLine {
 }
 
 /// A block of `lines` lines whose text (each line followed by a newline)
-/// is the next `len` bytes of `Ring::text`; its first line is `seq`.
+/// is `len` bytes: the next ones of `Ring::text`, or with `chunk` those
+/// from `start` in the next of `Ring::chunks`. Its first line is `seq`.
 #[derive(Clone, Copy)]
 struct Entry {
     seq: u64,
@@ -33,12 +43,20 @@ struct Entry {
     len: u32,
     label: u32,
     stderr: bool,
+    chunk: bool,
+    start: u32,
 }
 
 #[derive(Default)]
 pub struct Ring {
     entries: VecDeque<Entry>,
     text: VecDeque<u8>,
+    /// Read buffers holding blocks, in the order of their entries.
+    chunks: VecDeque<Vec<u8>>,
+    /// Their capacity, counted against `MAX_BYTES`.
+    chunk_bytes: usize,
+    /// A buffer whose block has left, for the reader to read into next.
+    spare: Option<Vec<u8>>,
     /// Lines held, over all entries.
     lines: usize,
     labels: Vec<String>,
@@ -62,6 +80,49 @@ impl Ring {
         self.append(label, stderr, &[block], lines);
     }
 
+    /// A buffer of `len` bytes to read into: one whose block has left
+    /// the ring, or a new one.
+    pub fn take_spare(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.take() {
+            Some(b) if b.len() == len => b,
+            _ => vec![0; len],
+        }
+    }
+
+    /// A block that is `buf[range]` (as for [`Ring::push_block`]), kept in
+    /// `buf` itself.
+    pub fn push_chunk(
+        &mut self,
+        label: &str,
+        stderr: bool,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        lines: u32,
+    ) {
+        debug_assert_eq!(memchr_iter(b'\n', &buf[range.clone()]).count(), lines as usize);
+        if lines > 0 {
+            let label = self.label_id(label);
+            self.entries.push_back(Entry {
+                seq: self.next_seq,
+                lines,
+                len: range.len() as u32,
+                label,
+                stderr,
+                chunk: true,
+                start: range.start as u32,
+            });
+            self.chunk_bytes += buf.capacity();
+            self.chunks.push_back(buf);
+            self.lines += lines as usize;
+            self.next_seq += u64::from(lines);
+            self.trim();
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.text.len() + self.chunk_bytes
+    }
+
     fn append(&mut self, label: &str, stderr: bool, parts: &[&[u8]], lines: u32) {
         if lines == 0 {
             return;
@@ -74,6 +135,8 @@ impl Ring {
             len: len as u32,
             label,
             stderr,
+            chunk: false,
+            start: 0,
         });
         for p in parts {
             self.text.extend(p.iter());
@@ -92,20 +155,30 @@ impl Ring {
     /// and one block more, its memory bounded by the bytes.
     fn trim(&mut self) {
         while let Some(front) = self.entries.front().copied() {
-            let over_bytes = self.text.len().saturating_sub(MAX_BYTES);
-            let (cut_lines, cut_bytes) =
-                if self.lines - front.lines as usize >= MAX_LINES || over_bytes >= front.len as usize {
-                    (front.lines as usize, front.len as usize)
-                } else if over_bytes > 0 {
-                    first_lines(&self.text, front.len as usize, over_bytes)
-                } else {
-                    break;
-                };
-            self.text.drain(..cut_bytes);
+            let over_bytes = self.held().saturating_sub(MAX_BYTES);
+            let whole = self.lines - front.lines as usize >= MAX_LINES
+                || over_bytes >= front.len as usize
+                || (front.chunk && over_bytes > 0);
+            let (cut_lines, cut_bytes) = if whole {
+                (front.lines as usize, front.len as usize)
+            } else if over_bytes > 0 {
+                first_lines(&self.text, front.len as usize, over_bytes)
+            } else {
+                break;
+            };
             self.lines -= cut_lines;
             if cut_lines == front.lines as usize {
                 self.entries.pop_front();
+                if front.chunk {
+                    if let Some(buf) = self.chunks.pop_front() {
+                        self.chunk_bytes -= buf.capacity();
+                        self.spare = Some(buf);
+                    }
+                } else {
+                    self.text.drain(..cut_bytes);
+                }
             } else if let Some(f) = self.entries.front_mut() {
+                self.text.drain(..cut_bytes);
                 f.seq += cut_lines as u64;
                 f.lines -= cut_lines as u32;
                 f.len -= cut_bytes as u32;
@@ -135,12 +208,25 @@ impl Ring {
         self.next_seq
     }
 
-    /// The lines of entry `e`, whose text starts at `start` in `text`.
-    fn lines_of(&self, e: &Entry, start: usize) -> impl DoubleEndedIterator<Item = LogLine> + '_ {
-        let (a, b) = span(&self.text, start, e.len as usize);
+    /// The lines of entry `e`, whose text starts at `start` in `text`, or
+    /// is in chunk `chunk`.
+    fn lines_of(
+        &self,
+        e: &Entry,
+        start: usize,
+        chunk: usize,
+    ) -> impl DoubleEndedIterator<Item = LogLine> + '_ {
         let mut bytes = Vec::with_capacity(e.len as usize);
-        bytes.extend_from_slice(a);
-        bytes.extend_from_slice(b);
+        if e.chunk {
+            let from = e.start as usize;
+            if let Some(c) = self.chunks.get(chunk) {
+                bytes.extend_from_slice(&c[from..from + e.len as usize]);
+            }
+        } else {
+            let (a, b) = span(&self.text, start, e.len as usize);
+            bytes.extend_from_slice(a);
+            bytes.extend_from_slice(b);
+        }
         let (label, stderr, seq) = (&self.labels[e.label as usize], e.stderr, e.seq);
         let mut lines = Vec::with_capacity(e.lines as usize);
         let mut from = 0;
@@ -168,28 +254,36 @@ impl Ring {
         from: u64,
         keep: impl Fn(&LogLine) -> bool + 'a,
     ) -> impl Iterator<Item = LogLine> + 'a {
-        let mut start = 0;
+        let (mut start, mut chunk) = (0, 0);
         self.entries
             .iter()
             .filter_map(move |e| {
-                let at = start;
-                start += e.len as usize;
+                let at = (start, chunk);
+                if e.chunk {
+                    chunk += 1;
+                } else {
+                    start += e.len as usize;
+                }
                 (e.seq + u64::from(e.lines) > from).then_some((e, at))
             })
-            .flat_map(move |(e, at)| self.lines_of(e, at))
+            .flat_map(move |(e, (at, chunk))| self.lines_of(e, at, chunk))
             .filter(move |l| l.seq >= from && keep(l))
     }
 
     /// The last `n` lines that `keep` accepts, oldest first.
     pub fn last(&self, n: usize, keep: impl Fn(&LogLine) -> bool) -> Vec<LogLine> {
-        let mut end = self.text.len();
+        let (mut end, mut chunk) = (self.text.len(), self.chunks.len());
         let mut out = Vec::new();
         for e in self.entries.iter().rev() {
             if out.len() == n {
                 break;
             }
-            end -= e.len as usize;
-            for line in self.lines_of(e, end).rev() {
+            if e.chunk {
+                chunk -= 1;
+            } else {
+                end -= e.len as usize;
+            }
+            for line in self.lines_of(e, end, chunk).rev() {
                 if out.len() == n {
                     break;
                 }
@@ -329,5 +423,50 @@ mod tests {
         assert!(r.text.len() <= MAX_BYTES);
         assert_eq!(r.since(0, |_| true).count(), MAX_BYTES / 4096);
         assert_eq!(r.since(0, |_| true).next().map(|l| l.seq), Some(300 - 256));
+    }
+
+    #[test]
+    fn chunks_keep_their_place_among_copied_lines_and_come_back_as_spares() {
+        let mut r = Ring::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let block: Vec<u8> = (0..600).flat_map(|i| format!("c{i:05}\n").into_bytes()).collect();
+        buf[10..10 + block.len()].copy_from_slice(&block);
+        r.push("w.1", false, b"before");
+        let first = buf.as_ptr();
+        r.push_chunk("w.1", false, buf, 10..10 + block.len(), 600);
+        r.push("w.1", true, b"after");
+        let all: Vec<LogLine> = r.since(0, |_| true).collect();
+        assert_eq!(all.len(), 602);
+        assert_eq!((all[0].seq, all[0].text.as_str()), (0, "before"));
+        assert_eq!((all[1].seq, all[1].text.as_str()), (1, "c00000"));
+        assert_eq!((all[600].seq, all[600].text.as_str()), (600, "c00599"));
+        assert_eq!(
+            (all[601].seq, all[601].text.as_str(), all[601].stderr),
+            (601, "after", true)
+        );
+        assert_eq!(r.last(2, |_| true)[0].text, "c00599");
+        // Two more chunks: the first leaves (over MAX_LINES without it)
+        // and its buffer is handed back.
+        for _ in 0..2 {
+            let mut b = r.take_spare(64 * 1024);
+            b[..block.len()].copy_from_slice(&block);
+            r.push_chunk("w.1", false, b, 0..block.len(), 600);
+        }
+        assert_eq!(r.take_spare(64 * 1024).as_ptr(), first);
+        let first_kept = r.since(0, |_| true).next().map(|l| (l.seq, l.text));
+        assert_eq!(first_kept, Some((602, "c00000".to_string())));
+        assert_eq!(r.since(0, |_| true).count(), 1200);
+        // Past MAX_BYTES in buffers, whole chunks leave.
+        for _ in 0..20 {
+            let mut b = vec![0u8; 64 * 1024];
+            b[..block.len()].copy_from_slice(&block);
+            r.push_chunk("w.1", false, b, 0..block.len(), 600);
+        }
+        assert!(r.held() <= MAX_BYTES);
+        assert_eq!(r.next_seq(), 602 + 22 * 600);
+        assert_eq!(
+            r.since(0, |_| true).last().map(|l| l.seq),
+            Some(602 + 22 * 600 - 1)
+        );
     }
 }

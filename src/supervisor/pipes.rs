@@ -13,6 +13,7 @@ use mio::Token;
 
 use super::Supervisor;
 use crate::children::Stream;
+use crate::control::ring::CHUNK_MIN;
 use crate::core::event::Event;
 use crate::core::ids::ChildId;
 use crate::core::timers::Timer;
@@ -241,7 +242,15 @@ impl Supervisor {
             true
         };
         if let Some(r) = ring.as_mut().filter(|_| run.2 > 0) {
-            r.push_block(label, stderr, &data[run.0..run.1], run.2);
+            if run.1 - run.0 >= CHUNK_MIN {
+                // The ring keeps this read buffer; reading goes on in one
+                // it gives back.
+                let spare = r.take_spare(self.scratch.len());
+                let buf = std::mem::replace(&mut self.scratch, spare);
+                r.push_chunk(label, stderr, buf, run.0..run.1, run.2);
+            } else {
+                r.push_block(label, stderr, &data[run.0..run.1], run.2);
+            }
         }
         if matched {
             // `ready = { log }`: handled after the reads of this turn.
