@@ -374,8 +374,32 @@ def python_module_cmd(module, script):
     return [sys.executable, "-m", module] if ok.returncode == 0 else None
 
 
+HORUST_ROOT = os.path.join(OUT_DIR, "peers")
+
+
+def horust():
+    """Horust, a Rust supervisor from crates.io: on PATH or where
+    install_peers puts it."""
+    exe = shutil.which("horust")
+    if exe:
+        return exe
+    exe = os.path.join(HORUST_ROOT, "bin", "horust")
+    return exe if os.access(exe, os.X_OK) else None
+
+
 def install_peers(log):
-    """Install the peers that are missing, through apt-get and pip, if we can."""
+    """Install the peers that are missing, through apt-get, pip and cargo, if we can."""
+    if not horust() and shutil.which("cargo"):
+        # About 4 minutes of compiling on the 2-core machine, once: the
+        # binary stays in target/bench/peers.
+        log("installing Horust (cargo install horust, a few minutes, once)...")
+        try:
+            r = subprocess.run(["cargo", "install", "--quiet", "--root", HORUST_ROOT, "horust"],
+                               capture_output=True, timeout=1200)
+            if r.returncode != 0:
+                log(f"  cargo install horust failed: {r.stderr.decode(errors='replace')[-300:]}")
+        except (OSError, subprocess.SubprocessError) as e:
+            log(f"  cargo install horust failed: {e}")
     if not gnu_parallel() and shutil.which("apt-get") and os.geteuid() == 0:
         log("installing GNU parallel (apt-get)...")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -436,6 +460,7 @@ class Suite:
         self.parallel = gnu_parallel()
         self.honcho = python_module_cmd("honcho", "honcho")
         self.supervisord = python_module_cmd("supervisor.supervisord", "supervisord")
+        self.horust = horust()
         self.benches = []
         self.raise_nofile()
 
@@ -534,6 +559,9 @@ class Suite:
             [self.brood, "run", "-q", "--socket", os.path.join(d, "s.sock"), "-f", cfg], cwd=d)})
         b.subject("C prefixer", lambda: {"throughput": nbytes / 1e6 / run_timed(
             [self.bin("prefixer"), "-k", "1", self.bin("linegen"), str(nbytes), "65536"])}, reference=True)
+        b.skip("Horust", "not the same work: its children write straight to its stdout"
+                         " (no capture, no prefix, no lines)")
+        b.skip("honcho", "see out-1x64k (honcho's run mode is its only mode)")
         return b
 
     def output_file(self):
@@ -782,6 +810,17 @@ class Suite:
             b.subject("supervisord", lambda: one([*self.supervisord, "-c", conf], cwd=d, settle=1.0))
         else:
             b.skip("supervisord", "not installed")
+        if self.horust:
+            d = os.path.join(self.tmp, "horust-rss")
+            os.makedirs(os.path.join(d, "services"), exist_ok=True)
+            for i in range(n):
+                # Horust has no numprocs: one service file per child.
+                with open(os.path.join(d, "services", f"p{i:03d}.toml"), "w") as f:
+                    f.write(f"command = \"{' '.join(child)} x\"\n[restart]\nstrategy = \"never\"\n")
+            b.subject("Horust", lambda: one([self.horust, "--uds-folder-path", d, "--services-path",
+                                            os.path.join(d, "services")], cwd=d, settle=1.0))
+        else:
+            b.skip("Horust", "not installed (cargo install horust)")
         if self.honcho:
             d = os.path.join(self.tmp, "honcho-rss")
             os.makedirs(d, exist_ok=True)

@@ -452,7 +452,8 @@ mod tests {
             b[..block.len()].copy_from_slice(&block);
             r.push_chunk("w.1", false, b, 0..block.len(), 600);
         }
-        assert_eq!(r.take_spare(64 * 1024).as_ptr(), first);
+        let spare = r.take_spare(64 * 1024);
+        assert_eq!(spare.as_ptr(), first);
         let first_kept = r.since(0, |_| true).next().map(|l| (l.seq, l.text));
         assert_eq!(first_kept, Some((602, "c00000".to_string())));
         assert_eq!(r.since(0, |_| true).count(), 1200);
