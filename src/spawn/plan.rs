@@ -10,6 +10,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use libc::c_char;
 
@@ -43,6 +44,103 @@ impl CArray {
     #[cfg(test)]
     pub fn strings(&self) -> &[CString] {
         &self.strings
+    }
+}
+
+impl Clone for CArray {
+    fn clone(&self) -> CArray {
+        CArray::new(self.strings.clone())
+    }
+}
+
+/// `KEY=` of a `KEY=VALUE` entry.
+fn env_key(entry: &[u8]) -> &[u8] {
+    entry
+        .iter()
+        .position(|&b| b == b'=')
+        .map_or(entry, |i| &entry[..=i])
+}
+
+/// An environment block: a program's, built once and shared by all its
+/// instances, with an instance's own variables (PS, PORT) laid over it.
+/// An instance costs its own strings and one pointer array, built per
+/// spawn; a copy of the whole environment per instance was most of
+/// brood's memory with thousands of instances.
+pub struct Envp {
+    base: Rc<CArray>,
+    /// The instance's own `KEY=VALUE` strings: only `ptrs` reads them,
+    /// through raw pointers, and this keeps them alive.
+    #[cfg_attr(not(test), allow(dead_code))]
+    own: Vec<CString>,
+    /// With `own`: the NULL-terminated array over `base` and `own`, each
+    /// of `own` in place of the base's entry of the same name. Empty
+    /// otherwise, and `base`'s array is used.
+    ptrs: Vec<*const c_char>,
+}
+
+impl Envp {
+    fn new(base: CArray) -> Envp {
+        Envp {
+            base: Rc::new(base),
+            own: Vec::new(),
+            ptrs: Vec::new(),
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const *const c_char {
+        if self.ptrs.is_empty() {
+            self.base.as_ptr()
+        } else {
+            self.ptrs.as_ptr()
+        }
+    }
+
+    /// This environment with `vars` set (replacing same-named ones).
+    pub fn with_vars(&self, vars: &[(OsString, OsString)]) -> Result<Envp, Error> {
+        let mut own = Vec::with_capacity(vars.len());
+        for (k, v) in vars {
+            let mut entry = k.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(v.as_bytes());
+            own.push(cstring(&entry, "an environment variable")?);
+        }
+        let mut placed = vec![false; own.len()];
+        let mut ptrs = Vec::with_capacity(self.base.strings.len() + own.len() + 1);
+        for s in &self.base.strings {
+            let k = env_key(s.as_bytes());
+            match own.iter().position(|o| env_key(o.as_bytes()) == k) {
+                Some(i) if !placed[i] => {
+                    placed[i] = true;
+                    ptrs.push(own[i].as_ptr());
+                }
+                Some(_) => {}
+                None => ptrs.push(s.as_ptr()),
+            }
+        }
+        for (o, done) in own.iter().zip(&placed) {
+            if !done {
+                ptrs.push(o.as_ptr());
+            }
+        }
+        ptrs.push(std::ptr::null());
+        Ok(Envp {
+            base: Rc::clone(&self.base),
+            own,
+            ptrs,
+        })
+    }
+
+    /// The `KEY=VALUE` strings in order.
+    #[cfg(test)]
+    pub fn strings(&self) -> Vec<&std::ffi::CStr> {
+        if self.ptrs.is_empty() {
+            return self.base.strings.iter().map(|s| s.as_c_str()).collect();
+        }
+        let all: Vec<&CString> = self.base.strings.iter().chain(&self.own).collect();
+        self.ptrs[..self.ptrs.len() - 1]
+            .iter()
+            .filter_map(|p| all.iter().find(|s| s.as_ptr() == *p).map(|s| s.as_c_str()))
+            .collect()
     }
 }
 
@@ -103,7 +201,7 @@ pub struct Image {
     pub program: OsString,
     /// Paths `execve` tries in order.
     pub paths: CArray,
-    pub envp: CArray,
+    pub envp: Envp,
     pub cwd: Option<CString>,
     /// Process attributes the child applies.
     pub attrs: Attrs,
@@ -156,9 +254,22 @@ impl Image {
         Ok(Image {
             program: program.to_os_string(),
             paths: CArray::new(candidates),
-            envp: CArray::new(envp),
+            envp: Envp::new(CArray::new(envp)),
             cwd,
             attrs,
+        })
+    }
+
+    /// This image with `vars` laid over its environment (an instance's
+    /// PS and PORT): the PATH search and the program's environment are
+    /// not done again, and the environment's strings are shared.
+    pub fn with_vars(&self, vars: &[(OsString, OsString)]) -> Result<Image, Error> {
+        Ok(Image {
+            program: self.program.clone(),
+            paths: self.paths.clone(),
+            envp: self.envp.with_vars(vars)?,
+            cwd: self.cwd.clone(),
+            attrs: self.attrs.clone(),
         })
     }
 
@@ -304,5 +415,29 @@ mod tests {
     fn path_search_keeps_every_candidate_when_nothing_matches() {
         let c = search_path(OsStr::new("no-such-prog"), Some(OsStr::new("/a:/b")), None).unwrap();
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn instance_vars_replace_in_place_or_come_last_and_the_base_is_shared() {
+        let env = [
+            (OsString::from("PS"), OsString::from("old")),
+            (OsString::from("A"), OsString::from("1")),
+        ];
+        let image =
+            Image::with_attrs(OsStr::new("/bin/true"), &env, None, true, Attrs::default()).expect("image");
+        let inst = image
+            .with_vars(&[
+                (OsString::from("PORT"), OsString::from("5001")),
+                (OsString::from("PS"), OsString::from("web.2")),
+            ])
+            .expect("vars");
+        let got: Vec<&[u8]> = inst.envp.strings().iter().map(|s| s.to_bytes()).collect();
+        assert_eq!(got, [&b"PS=web.2"[..], b"A=1", b"PORT=5001"]);
+        let base: Vec<&[u8]> = image.envp.strings().iter().map(|s| s.to_bytes()).collect();
+        assert_eq!(base, [&b"PS=old"[..], b"A=1"]);
+        assert!(Rc::ptr_eq(&image.envp.base, &inst.envp.base));
+        // The pointer array is NULL-terminated after the three.
+        // SAFETY: as_ptr points at 4 valid pointers (3 strings and NULL).
+        assert!(unsafe { *inst.envp.as_ptr().add(3) }.is_null());
     }
 }

@@ -152,6 +152,7 @@ impl Supervisor {
                     .children
                     .values()
                     .filter(|c| c.state.leader_alive())
+                    .map(|c| &**c)
                     .collect();
                 live.sort_by_key(|c| c.id);
                 let rows: Vec<InstanceStatus> = live

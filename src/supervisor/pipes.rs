@@ -13,6 +13,7 @@ use mio::Token;
 
 use super::Supervisor;
 use crate::children::Stream;
+use crate::control::ring::CHUNK_MIN;
 use crate::core::event::Event;
 use crate::core::ids::ChildId;
 use crate::core::timers::Timer;
@@ -186,6 +187,13 @@ impl Supervisor {
         let mut clock = log.map(|_| Clock::new(Instant::now(), SystemTime::now()));
         let ready_log = &child.ready_log;
         let mut matched = false;
+        let data = &self.scratch[..n];
+        let stderr = stream == Stream::Stderr;
+        // Lines that lie one after another in this read, each with its
+        // newline, go to the ring as one block: `data[run.0..run.1]`,
+        // `run.2` lines. Others (the end of a line begun in an earlier
+        // read, a 64 KiB piece) go alone, in order.
+        let mut run = (0usize, 0usize, 0u32);
         let mut emit = |line: &[u8]| {
             // A terminal ends lines with CR LF (ONLCR); CRs just before the
             // LF are part of the line end. A CR elsewhere (a progress bar
@@ -195,7 +203,25 @@ impl Supervisor {
                 matched = true;
             }
             if let Some(r) = ring.as_mut() {
-                r.push(label, stream == Stream::Stderr, line);
+                let at = (line.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+                let end = at.wrapping_add(line.len());
+                if at <= n && end < n && data[end] == b'\n' {
+                    if run.2 > 0 && at == run.1 {
+                        run.1 = end + 1;
+                        run.2 += 1;
+                    } else {
+                        if run.2 > 0 {
+                            r.push_block(label, stderr, &data[run.0..run.1], run.2);
+                        }
+                        run = (at, end + 1, 1);
+                    }
+                } else {
+                    if run.2 > 0 {
+                        r.push_block(label, stderr, &data[run.0..run.1], run.2);
+                        run.2 = 0;
+                    }
+                    r.push(label, stderr, line);
+                }
             }
             if let (Some(file), Some(clock)) = (log, clock.as_mut()) {
                 logs.push(file, line, clock);
@@ -212,9 +238,20 @@ impl Supervisor {
             pipe.framer.finish(&mut emit);
             false
         } else {
-            pipe.framer.feed(&self.scratch[..n], &mut emit);
+            pipe.framer.feed(data, &mut emit);
             true
         };
+        if let Some(r) = ring.as_mut().filter(|_| run.2 > 0) {
+            if run.1 - run.0 >= CHUNK_MIN {
+                // The ring keeps this read buffer; reading goes on in one
+                // it gives back.
+                let spare = r.take_spare(self.scratch.len());
+                let buf = std::mem::replace(&mut self.scratch, spare);
+                r.push_chunk(label, stderr, buf, run.0..run.1, run.2);
+            } else {
+                r.push_block(label, stderr, &data[run.0..run.1], run.2);
+            }
+        }
         if matched {
             // `ready = { log }`: handled after the reads of this turn.
             if let Some(iid) = child.instance {

@@ -2,7 +2,6 @@
 //! killing what is left. Both drivers share it; what an exit *means* is the
 //! driver's business (`run`, or the spawn queue's counters).
 
-use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,8 +33,6 @@ pub struct Program {
     pub image: plan::Image,
     /// Run mode: per-instance variables (PS, PORT), as foreman sets them.
     instance_env: Option<InstanceEnv>,
-    /// Images with those variables, built on first use of each instance.
-    instances: HashMap<u64, plan::Image>,
     /// `ready = {...}` and `health = {...}` (run mode).
     pub ready: Option<ReadySpec>,
     pub health: Option<HealthSpec>,
@@ -68,7 +65,6 @@ impl Program {
             spec,
             image,
             instance_env: None,
-            instances: HashMap::new(),
             ready: None,
             health: None,
         })
@@ -85,32 +81,19 @@ impl Program {
         self
     }
 
-    /// Build instance `n`'s image if it has variables of its own.
-    fn prepare(&mut self, n: u64) -> Result<(), Error> {
+    /// Instance `n`'s image when it has variables of its own, built for
+    /// each spawn over the program's image (nothing is kept per instance:
+    /// with thousands of instances, a kept image each was most of brood's
+    /// memory).
+    fn instance_image(&self, n: u64) -> Result<Option<plan::Image>, Error> {
         let Some(ie) = self.instance_env else {
-            return Ok(());
+            return Ok(None);
         };
-        if self.instances.contains_key(&n) {
-            return Ok(());
-        }
-        let mut env = self.spec.env.clone();
-        env.push(("PS".into(), format!("{}.{n}", self.name).into()));
+        let mut vars = vec![("PS".into(), format!("{}.{n}", self.name).into())];
         if let Some(base) = ie.port_base {
-            env.push(("PORT".into(), (u64::from(base) + n - 1).to_string().into()));
+            vars.push(("PORT".into(), (u64::from(base) + n - 1).to_string().into()));
         }
-        let image = plan::Image::with_attrs(
-            &self.spec.program,
-            &env,
-            self.spec.cwd.as_deref(),
-            self.spec.attrs.clear_env,
-            self.image.attrs.clone(),
-        )?;
-        self.instances.insert(n, image);
-        Ok(())
-    }
-
-    fn image(&self, n: u64) -> &plan::Image {
-        self.instances.get(&n).unwrap_or(&self.image)
+        self.image.with_vars(&vars).map(Some)
     }
 }
 
@@ -296,13 +279,16 @@ impl Supervisor {
         n: u64,
         instance: Option<InstanceId>,
     ) -> Option<(ChildId, i32)> {
-        let prog = self.programs.get_mut(&program)?;
-        if let Err(e) = prog.prepare(n) {
-            log::error!("{}.{n}: {e}", prog.name);
-            self.stats.spawn_failed += 1;
-            return None;
-        }
-        let prog = &self.programs[&program];
+        let prog = self.programs.get(&program)?;
+        let own_image = match prog.instance_image(n) {
+            Ok(image) => image,
+            Err(e) => {
+                log::error!("{}.{n}: {e}", prog.name);
+                self.stats.spawn_failed += 1;
+                return None;
+            }
+        };
+        let image = own_image.as_ref().unwrap_or(&prog.image);
         let label = format!("{}.{}", prog.name, n);
         self.width = self.width.max(label.len());
         let argv = match plan::build_argv(
@@ -352,7 +338,7 @@ impl Supervisor {
             ) => Some(m.clone()),
             _ => None,
         };
-        match spawn::spawn_with(&self.ctx, prog.image(n), &argv, stdio, extra) {
+        match spawn::spawn_with(&self.ctx, image, &argv, stdio, extra) {
             Ok(spawned) => {
                 let pid = spawned.pid.as_raw();
                 let name = prog.name.clone();
@@ -394,7 +380,7 @@ impl Supervisor {
                 });
                 self.children.insert(
                     id,
-                    Child {
+                    Box::new(Child {
                         id,
                         program,
                         n,
@@ -411,7 +397,7 @@ impl Supervisor {
                         ready_log,
                         tty: spawned.tty,
                         attached: None,
-                    },
+                    }),
                 );
                 self.by_pid.insert(pid, id);
                 self.alive += 1;
@@ -446,7 +432,7 @@ impl Supervisor {
                 if let SpawnError::Exec { pid, .. } = err {
                     self.doomed.insert(pid.as_raw());
                 }
-                let message = err.describe(prog.image(n));
+                let message = err.describe(image);
                 log::error!("{message}");
                 self.stats.spawn_failed += 1;
                 self.events.emit(&Event::SpawnFailed {
