@@ -26,6 +26,7 @@ import select
 import shutil
 import signal
 import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -766,6 +767,77 @@ class Suite:
         b.subject("brood", one)
         return b
 
+    def health100(self):
+        """100 programs, each health-checked by TCP every 100 ms (1,000
+        checks a second against a loopback listener): brood's CPU (user +
+        system) over a window, as a share of one core."""
+        n, secs = 100, self.p.get("health_s", 3.0)
+        b = self.add(Bench("health-100", f"{n} programs with TCP health checks every 100 ms",
+                           dict(programs=n, seconds=secs)))
+        b.metric("CPU", "% of a core", "lower", abs_target=("<=", 2.0),
+                 why="most of it is the kernel's loopback TCP handshake and reset, charged to brood's system time")
+        b.metric("user CPU", "% of a core", "lower")
+        d = os.path.join(self.tmp, "health")
+        os.makedirs(d, exist_ok=True)
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4096)
+        port = listener.getsockname()[1]
+        cfg, sock = os.path.join(d, "brood.toml"), os.path.join(d, "s.sock")
+        with open(cfg, "w") as f:
+            for i in range(n):
+                f.write(f"[program.p{i}]\n"
+                        f"command = [{json.dumps(self.bin('pausechild'))}, {json.dumps(self.fifo.path)}, \"x\"]\n"
+                        f"health = {{ tcp = \"127.0.0.1:{port}\", interval = \"100ms\" }}\n"
+                        "stdin = \"null\"\n")
+        hz = os.sysconf("SC_CLK_TCK")
+
+        def times(pid):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]), int(fields[12])
+
+        def one():
+            # The listener accepts from a thread of this script: the
+            # connections complete in the kernel either way.
+            import threading
+            stop_flag = []
+
+            def accept():
+                listener.settimeout(0.2)
+                while not stop_flag:
+                    try:
+                        c, _ = listener.accept()
+                        c.close()
+                    except OSError:
+                        pass
+            t = threading.Thread(target=accept, daemon=True)
+            t.start()
+            self.fifo.drain()
+            p = subprocess.Popen([self.brood, "run", "-q", "--socket", sock, "-f", cfg], cwd=d,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            try:
+                self.fifo.wait(n, p, timeout=60)
+                time.sleep(0.5)
+                u0, s0 = times(p.pid)
+                w0 = time.monotonic()
+                time.sleep(secs)
+                u1, s1 = times(p.pid)
+                w = time.monotonic() - w0
+                stop(p)
+            finally:
+                stop_flag.append(1)
+                t.join()
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                kill_strays(self.fifo.path)
+            return {"CPU": 100 * ((u1 - u0) + (s1 - s0)) / hz / w, "user CPU": 100 * (u1 - u0) / hz / w}
+
+        b.subject("brood", one)
+        return b
+
     # -- 6. 100 sleeping children: memory -------------------------------------
 
     def rss100(self):
@@ -962,6 +1034,7 @@ class Suite:
             lambda: self.run_many(p["run_many"][0], False),
             lambda: self.run_many(p["run_many"][1], True),
             self.handoff,
+            self.health100,
             self.rss100,
             self.latency,
             self.idle,
