@@ -4,28 +4,22 @@
 use std::io::Write;
 
 use crate::cli::CheckArgs;
-use crate::config;
 use crate::error::Error;
-use crate::spawn::plan;
+use crate::run_plan::{self, PlanArgs};
 
 /// Print `NAME  N  COMMAND` per program and return 0; a config error is
 /// returned as the usage error `brood run` would give.
 pub fn run(args: CheckArgs) -> Result<i32, Error> {
-    let path = config::locate_config(args.file.as_deref(), &args.env_files)?;
-    let config = config::load_run_config(&path, &args.env_files)?;
-    let mut rows = Vec::with_capacity(config.programs.len());
-    for p in &config.programs {
-        let spec = &p.spec;
-        // What `brood run` checks before it starts anything.
-        let attrs = plan::Attrs::resolve(&spec.attrs, &spec.name)?;
-        plan::Image::with_attrs(
-            &spec.program,
-            &spec.env,
-            spec.cwd.as_deref(),
-            spec.attrs.clear_env,
-            attrs,
-        )?;
-        plan::build_argv(&spec.program, &spec.args, Some(1), spec.counter_arg)?;
+    // Exactly what `brood run` checks before it starts anything.
+    let plan = run_plan::plan(&PlanArgs {
+        file: args.file,
+        env_files: args.env_files,
+        ..PlanArgs::default()
+    })?;
+    let path = plan.path.clone();
+    let mut rows = Vec::with_capacity(plan.programs.len());
+    for p in &plan.programs {
+        let spec = &p.program.spec;
         let words: Vec<String> = std::iter::once(&spec.program)
             .chain(&spec.args)
             .map(|w| shell_quote(&w.to_string_lossy()))

@@ -109,12 +109,7 @@ impl Events {
             file: Some(file),
             path: path.to_path_buf(),
             stream,
-            queue: Vec::new(),
-            lost: 0,
-            first_error: None,
-            next_seq: 1,
-            ring: None,
-            ring_bytes: 0,
+            ..Events::none()
         })
     }
 

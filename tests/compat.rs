@@ -11,19 +11,9 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 
 use util::*;
-
-/// `brood run --events EVENTS ARGS...` in a fresh temp dir holding `files`.
-fn run_in(name: &str, files: &[(&str, &str)], args: &[&str]) -> Brood {
-    let brood = with_files(name, files);
-    let events = brood.events_path();
-    let mut argv: Vec<OsString> = vec!["run".into(), "--events".into(), events.into()];
-    argv.extend(args.iter().map(OsString::from));
-    brood.raw_args(argv)
-}
 
 /// `brood ARGS...` (no `run`, no events) in a fresh temp dir holding `files`.
 fn brood_in(name: &str, files: &[(&str, &str)], args: &[&str]) -> Brood {

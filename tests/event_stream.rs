@@ -11,25 +11,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use util::*;
 
-fn start_run(name: &str, toml: &str) -> Running {
-    let brood = Brood::new(name);
-    std::fs::write(brood.dir().join("brood.toml"), toml).unwrap();
-    let events = brood.events_path();
-    brood
-        .raw_args(["run".into(), "--events".into(), events.into_os_string()])
-        .start()
-}
-
-fn ctl(brood: &Running, args: &[&str]) -> std::process::Output {
-    Command::new(brood_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(brood.dir().join(".brood.sock"))
-        .args(args)
-        .output()
-        .expect("run brood ctl")
-}
-
 const CRASHER: &str = r#"
 [program.crash]
 shell = "sleep 0.2; exit 1"
@@ -42,7 +23,7 @@ shell = "exec sleep 30"
 
 #[test]
 fn events_follow_across_restarts_with_consecutive_seq_and_match_the_file() {
-    let brood = start_run("events-follow", CRASHER);
+    let brood = start_toml("events-follow", CRASHER);
     brood.wait_events("a first restart", |e| !events_of(e, "restart").is_empty());
     let mut child = Command::new(brood_bin())
         .arg("ctl")
@@ -89,9 +70,9 @@ fn events_follow_across_restarts_with_consecutive_seq_and_match_the_file() {
 
 #[test]
 fn events_since_returns_only_later_events() {
-    let brood = start_run("events-since", CRASHER);
+    let brood = start_toml("events-since", CRASHER);
     brood.wait_events("two restarts", |e| events_of(e, "restart").len() >= 2);
-    let out = ctl(&brood, &["events", "--since", "3"]);
+    let out = ctl_of(&brood, &["events", "--since", "3"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     let seqs: Vec<u64> = text

@@ -12,17 +12,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use util::*;
 
-fn run_in(name: &str, files: &[(&str, &str)], args: &[&str]) -> Brood {
-    let brood = Brood::new(name);
-    for (file, text) in files {
-        std::fs::write(brood.dir().join(file), text).expect("write config file");
-    }
-    let events = brood.events_path();
-    let mut argv: Vec<std::ffi::OsString> = vec!["run".into(), "--events".into(), events.into()];
-    argv.extend(args.iter().map(|a| a.into()));
-    brood.raw_args(argv)
-}
-
 /// Index of the first event of `kind` for `label` (or name).
 fn index_of(events: &[Value], kind: &str, who: &str) -> Option<usize> {
     events
@@ -115,12 +104,7 @@ shell = "exec sleep 30"
     let brood = run_in("dep-retry", &[("brood.toml", &toml)], &[]).start();
     brood.wait_events("web blocked", |e| !events_of(e, "blocked").is_empty());
     std::fs::write(&marker, "").unwrap();
-    let sock = brood.dir().join(".brood.sock");
-    let ctl = |verb: &[&str]| {
-        let mut cmd = std::process::Command::new(brood_bin());
-        cmd.arg("ctl").arg("--socket").arg(&sock).args(verb);
-        cmd.output().expect("run brood ctl")
-    };
+    let ctl = |verb: &[&str]| ctl_of(&brood, verb);
     assert!(ctl(&["start", "migrate"]).status.success());
     brood.wait_events("migrate succeeded", |e| {
         e.iter()

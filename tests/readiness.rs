@@ -13,15 +13,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use util::*;
 
-fn start_run(name: &str, toml: &str) -> Running {
-    let brood = Brood::new(name);
-    std::fs::write(brood.dir().join("brood.toml"), toml).unwrap();
-    let events = brood.events_path();
-    brood
-        .raw_args(["run".into(), "--events".into(), events.into_os_string()])
-        .start()
-}
-
 fn ready_by(events: &[Value], label: &str) -> Option<String> {
     events
         .iter()
@@ -73,7 +64,7 @@ depends_on = {{ web = "ready", tcp = "ready", logged = "ready", notified = "read
 "#,
         tport = free_port()
     );
-    let brood = start_run("ready-kinds", &toml);
+    let brood = start_toml("ready-kinds", &toml);
     brood.wait_events("app spawned", |e| {
         e.iter().any(|x| x["event"] == "spawn" && x["label"] == "app.1")
     });
@@ -133,7 +124,7 @@ backoff = {{ initial = "50ms" }}
 max_restarts = 1
 "#
     );
-    let brood = start_run("ready-timeout", &toml);
+    let brood = start_toml("ready-timeout", &toml);
     brood.wait_events("fatal", |e| !events_of(e, "fatal").is_empty());
     let out = brood.finish();
     let events = out.events();
@@ -154,7 +145,7 @@ health = { exec = ["test", "-e", "healthy"], interval = "100ms", failures = 2 }
 restart = "on-failure"
 backoff = { initial = "50ms" }
 "#;
-    let brood = start_run("unhealthy", toml);
+    let brood = start_toml("unhealthy", toml);
     brood.wait_events("restarted after unhealthy", |e| {
         !events_of(e, "unhealthy").is_empty() && e.iter().filter(|x| x["event"] == "spawn").count() >= 2
     });
@@ -177,7 +168,7 @@ ready = { notify = true, watchdog = "300ms" }
 restart = "on-failure"
 backoff = { initial = "50ms" }
 "#;
-    let brood = start_run("watchdog", toml);
+    let brood = start_toml("watchdog", toml);
     brood.wait_events("unhealthy", |e| !events_of(e, "unhealthy").is_empty());
     let events = brood.events();
     let reason = events_of(&events, "unhealthy")[0]["reason"]
@@ -205,7 +196,7 @@ ready = {{ http = "http://127.0.0.1:{port}/", timeout = "30s", interval = "5s" }
 shell = "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.05; done; exec sleep 60"
 "#
     );
-    let brood = start_run("hung-probe", &toml);
+    let brood = start_toml("hung-probe", &toml);
     let t0 = Instant::now();
     brood.wait_stdout("ten ticks", |out| out.contains("tick 10"));
     let took = t0.elapsed();
@@ -224,7 +215,7 @@ health = { exec = ["false"], interval = "50ms", failures = 2 }
 restart = "on-failure"
 backoff = { initial = "50ms" }
 "#;
-    let brood = start_run("health-no-ready", toml);
+    let brood = start_toml("health-no-ready", toml);
     brood.wait_events("unhealthy", |e| !events_of(e, "unhealthy").is_empty());
     brood.signal(Signal::SIGTERM);
     brood.finish();

@@ -4,27 +4,16 @@
 
 mod util;
 
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use util::*;
 
-fn ctl(brood: &Running, args: &[&str]) -> std::process::Output {
-    Command::new(brood_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(brood.dir().join(".brood.sock"))
-        .args(args)
-        .output()
-        .expect("run brood ctl")
-}
-
 /// label -> pid of the live instances, from `ctl status --json`.
 fn pids(brood: &Running) -> std::collections::BTreeMap<String, i64> {
     // Before brood listens, ctl answers nothing: no pids yet.
-    let out = ctl(brood, &["status", "--json"]);
+    let out = ctl_of(brood, &["status", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["programs"]
         .as_array()
@@ -76,7 +65,7 @@ fn reload_keeps_unchanged_pids_and_applies_each_fate() {
     wait_for(Duration::from_secs(10), "all four up", || pids(&brood).len() == 4);
     let before = pids(&brood);
     std::fs::write(brood.dir().join("brood.toml"), AFTER).unwrap();
-    let out = ctl(&brood, &["reload"]);
+    let out = ctl_of(&brood, &["reload"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
@@ -117,7 +106,7 @@ fn an_invalid_reload_is_refused_and_changes_nothing() {
     wait_for(Duration::from_secs(10), "all four up", || pids(&brood).len() == 4);
     let before = pids(&brood);
     std::fs::write(brood.dir().join("brood.toml"), "[program.x]\ncommand = 3\n").unwrap();
-    let out = ctl(&brood, &["reload"]);
+    let out = ctl_of(&brood, &["reload"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("brood.toml:2:"), "the error is located: {err}");

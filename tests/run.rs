@@ -23,19 +23,6 @@ use util::*;
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A `brood run --events EVENTS ARGS...` invocation in a fresh temp dir that
-/// holds `files` (name, contents) first.
-fn run_in(name: &str, files: &[(&str, &str)], args: &[&str]) -> Brood {
-    let brood = Brood::new(name);
-    for (file, text) in files {
-        std::fs::write(brood.dir().join(file), text).expect("write config file");
-    }
-    let events = brood.events_path();
-    let mut argv: Vec<std::ffi::OsString> = vec!["run".into(), "--events".into(), events.into()];
-    argv.extend(args.iter().map(|a| a.into()));
-    brood.raw_args(argv)
-}
-
 /// A TOML basic string for a path (the paths used here are plain ASCII).
 fn toml_str(p: &Path) -> String {
     format!("{:?}", p.to_str().expect("UTF-8 path"))

@@ -1216,3 +1216,33 @@ pub fn assert_counts_exact(out: &Output) -> serde_json::Value {
     );
     s
 }
+
+/// `brood run --events EVENTS ARGS...` in a fresh temp dir that holds
+/// `files` (name, contents) first.
+pub fn run_in(name: &str, files: &[(&str, &str)], args: &[&str]) -> Brood {
+    let brood = Brood::new(name);
+    for (file, text) in files {
+        std::fs::write(brood.dir().join(file), text).expect("write config file");
+    }
+    let events = brood.events_path();
+    let mut argv: Vec<std::ffi::OsString> = vec!["run".into(), "--events".into(), events.into()];
+    argv.extend(args.iter().map(|a| a.into()));
+    brood.raw_args(argv)
+}
+
+/// `brood run --events EVENTS` on a brood.toml of `toml`, started.
+pub fn start_toml(name: &str, toml: &str) -> Running {
+    run_in(name, &[("brood.toml", toml)], &[]).start()
+}
+
+/// `brood ctl --socket DIR/.brood.sock ARGS...` against a running brood,
+/// waited for (ctl bounds its own waits with --timeout).
+pub fn ctl_of(brood: &Running, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(brood_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(brood.dir().join(".brood.sock"))
+        .args(args)
+        .output()
+        .expect("run brood ctl")
+}
