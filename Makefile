@@ -86,9 +86,11 @@ define bench_refs
 		[ $(BENCH_BIN)/$$p -nt benches/ref/$$p.c ] && [ $(BENCH_BIN)/$$p -nt benches/ref/common.h ] || \
 		$(BENCH_CC) -O2 -Wall -Wextra -o $(BENCH_BIN)/$$p benches/ref/$$p.c || exit 1; \
 	done
-	@[ $(BENCH_BIN)/pausechild -nt benches/ref/pausechild.c ] || \
-		$(BENCH_CC) -O2 -Wall -static -o $(BENCH_BIN)/pausechild benches/ref/pausechild.c 2>/dev/null || \
-		$(BENCH_CC) -O2 -Wall -o $(BENCH_BIN)/pausechild benches/ref/pausechild.c
+	@for p in pausechild nop; do \
+		[ $(BENCH_BIN)/$$p -nt benches/ref/$$p.c ] || \
+		$(BENCH_CC) -O2 -Wall -static -o $(BENCH_BIN)/$$p benches/ref/$$p.c 2>/dev/null || \
+		$(BENCH_CC) -O2 -Wall -o $(BENCH_BIN)/$$p benches/ref/$$p.c || exit 1; \
+	done
 endef
 
 .PHONY: bench bench-quick bench-check

@@ -1,7 +1,9 @@
-//! Signal handling: signal-hook's self-pipe, registered in the event loop.
+//! Signal handling, in the event loop.
 //!
-//! The handlers only write to a pipe; the loop reads which signals came and
-//! acts on them in ordinary code. Nothing here runs in a handler.
+//! The supervisor modes keep the signals they act on blocked and read them
+//! from a signalfd ([`SignalQueue`]); init mode, which forwards every signal,
+//! uses signal-hook's self-pipe. Either way the loop learns which signals
+//! came and acts on them in ordinary code: nothing here runs in a handler.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,84 @@ pub fn stray_signals() -> Vec<c_int> {
         .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
         .filter(|s| !skip.contains(s) && !SUPERVISOR_SIGNALS.contains(s))
         .collect()
+}
+
+/// The handler of every stray signal: nothing at all.
+extern "C" fn do_nothing(_: c_int) {}
+
+/// Catch every stray signal with a handler that does nothing (and restarts
+/// what it interrupts), and return them. A handler rather than SIG_IGN or
+/// signal-hook, for the children: exec sets every handled signal back to
+/// SIG_DFL by itself, while an ignored one would stay ignored in the program
+/// unless the child reset it first, one `rt_sigaction` each (about 50, on
+/// every spawn, while brood waits in clone). And should one land in a child
+/// before its exec, this handler touches nothing of brood's memory.
+pub fn catch_strays() -> io::Result<Vec<c_int>> {
+    let strays = stray_signals();
+    for &sig in &strays {
+        // SAFETY: sigaction is plain data, zeroed then filled; the handler
+        // is an extern "C" fn that does nothing, which is async-signal-safe.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = do_nothing as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(strays)
+}
+
+/// Signals read from a signalfd: blocked for brood's (only) thread, so the
+/// kernel queues them for the loop instead of running a handler. Cheaper
+/// than a self-pipe per signal (no handler frame, no write and reads of a
+/// socket), and a child needs no reset for them: their disposition stays
+/// SIG_DFL, and the child sets its own mask before it execs.
+pub struct SignalQueue {
+    fd: nix::sys::signalfd::SignalFd,
+}
+
+impl SignalQueue {
+    /// Block `signals` and open a non-blocking signalfd for them.
+    pub fn new(signals: &[c_int]) -> io::Result<SignalQueue> {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        for &sig in signals {
+            set.add(Signal::try_from(sig).map_err(io::Error::from)?);
+        }
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .map_err(io::Error::from)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        Ok(SignalQueue { fd })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Every signal queued since the last call, in the order they came
+    /// (standard signals coalesce: one of each kind at most while queued).
+    pub fn pending(&mut self) -> Vec<c_int> {
+        let mut out = Vec::new();
+        loop {
+            match self.fd.read_signal() {
+                Ok(Some(info)) => out.push(info.ssi_signo as c_int),
+                Ok(None) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("reading signals failed: {e}");
+                    break;
+                }
+            }
+        }
+        out
+    }
 }
 
 pub fn register(signals: &[c_int]) -> io::Result<Signals> {
@@ -78,10 +158,12 @@ pub fn all_settable() -> impl Iterator<Item = c_int> {
 }
 
 /// Every signal whose disposition is not SIG_DFL right now (brood's
-/// handlers, and SIG_IGN such as Rust's SIGPIPE or an inherited nohup).
+/// handlers, and SIG_IGN such as Rust's SIGPIPE or an inherited nohup),
+/// but those in `harmless` (handlers that do nothing, which exec resets).
 /// A child resets exactly these before it unblocks signals.
-pub fn non_default_dispositions() -> Vec<c_int> {
+pub fn non_default_dispositions(harmless: &[c_int]) -> Vec<c_int> {
     all_settable()
+        .filter(|sig| !harmless.contains(sig))
         .filter(|&sig| matches!(disposition(sig), Some(d) if d != Disposition::Default))
         .collect()
 }

@@ -21,8 +21,8 @@
 //! (`nice`), `umask`, then the raw syscalls `setgroups`, `setgid` and
 //! `setuid` (`user`, `group`), `prctl(PR_SET_PDEATHSIG)` and `getppid`
 //! (parent-death race), `chdir`, `sigprocmask` (empty mask, or in init
-//! mode the mask brood inherited), `execve`, `write` (the
-//! [`REPORT_LEN`]-byte failure report to the error pipe) and `_exit(127)`.
+//! mode the mask brood inherited), `execve`, and on failure `_exit(127)`
+//! after leaving the [`REPORT_LEN`]-byte failure report in brood's memory.
 //!
 //! Why that order. Limits and nice come before the user switch: raising a
 //! hard limit or lowering nice needs privileges the new user may not have
@@ -58,10 +58,9 @@ pub enum Stage {
     Terminal,
     /// `setrlimit` of this RLIMIT_* resource.
     Rlimit(c_int),
-    /// Never sent: the parent could not read a well-formed report (`why`,
-    /// after `len` bytes), so it killed the child.
+    /// Never sent: the parent found no well-formed report (`why`), so it
+    /// killed the child.
     Report {
-        len: usize,
         why: &'static str,
     },
 }
@@ -107,8 +106,10 @@ const RLIMIT_WIRE: u32 = 0x100;
 
 /// The failure report's size: errno and stage as big-endian u32s, then
 /// [`REPORT_FOOTER`]. Rust std's `Command` sends errno and "NOEX" the same
-/// way: a fixed size the parent reads exactly, and a check word, so that a
-/// short or stray write can never pass for a report (or for success).
+/// way through a pipe; brood's child, which shares brood's memory, stores
+/// them in a buffer of brood's instead (no pipe to make, read and close per
+/// spawn). A fixed size and a check word, so that a report cut short can
+/// never pass for a report (or for success).
 pub const REPORT_LEN: usize = 12;
 /// The check word that ends every failure report.
 pub const REPORT_FOOTER: [u8; 4] = *b"NOEX";
@@ -143,8 +144,10 @@ pub struct ChildSetup<'a> {
     pub cwd: *const c_char,
     /// `dup2(src, dst)` pairs; every `src` is >= 3 (brood keeps 0, 1 and 2 open).
     pub stdio: [(RawFd, RawFd); 3],
-    /// Write end of the O_CLOEXEC error pipe.
-    pub err_fd: RawFd,
+    /// Where a failing child writes its [`REPORT_LEN`]-byte report: a
+    /// zeroed buffer of brood's, which the child shares (CLONE_VM) and
+    /// brood reads once clone has returned.
+    pub report: *mut u8,
     /// Signals whose disposition brood changed (handlers and SIG_IGN).
     pub reset_signals: &'a [c_int],
     /// Signals to set to SIG_IGN after the resets (init mode).
@@ -180,8 +183,7 @@ pub struct ChildSetup<'a> {
     /// (the uid may stay brood's, for `group` alone).
     pub ids: Option<(&'a [libc::gid_t], libc::gid_t, Option<libc::uid_t>)>,
     /// `(src, target)`: one more fd the child keeps across exec as
-    /// `target` (s6's notification-fd), or `(-1, -1)`. `target` is never
-    /// `err_fd` (the parent moved the error pipe away from it).
+    /// `target` (s6's notification-fd), or `(-1, -1)`.
     pub extra_fd: (RawFd, RawFd),
 }
 
@@ -190,14 +192,16 @@ pub struct ChildSetup<'a> {
 ///
 /// # Safety
 /// Must be called only in the child, right after `clone(CLONE_VM |
-/// CLONE_VFORK)` (or `fork`), with every pointer in `setup` valid: they point
+/// CLONE_VFORK)`, with every pointer in `setup` valid: they point
 /// into brood's memory, which the child shares while brood is suspended.
 /// The child writes no memory of brood's but `errno`, which brood does not
-/// read after the clone.
+/// read after the clone, and the report buffer.
 pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     // A signal that lands now must not run brood's handler (it would write
     // into brood's self-pipe, which the child shares). Signals are still
     // blocked from before the fork; reset dispositions before unblocking.
+    // Stray signals need no reset: their handler does nothing (see
+    // signals::ignore_strays) and exec sets every handler back to SIG_DFL.
     for &sig in setup.reset_signals {
         reset_to_default(sig);
     }
@@ -209,10 +213,10 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
         // setsid cannot fail here (a fresh child leads no group), and the
         // slave was opened O_NOCTTY by brood, so it is no one's terminal.
         if libc::setsid() < 0 || libc::ioctl(setup.tty, libc::TIOCSCTTY, 0) != 0 {
-            fail(setup.err_fd, Stage::Terminal);
+            fail(setup.report, Stage::Terminal);
         }
     } else if setup.new_group && libc::setpgid(0, 0) != 0 {
-        fail(setup.err_fd, Stage::Setup);
+        fail(setup.report, Stage::Setup);
     }
     if setup.tty < 0 && setup.new_group && setup.foreground_tty >= 0 {
         // SIGTTOU is blocked here, so a background group may take the
@@ -227,15 +231,15 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
         if src == dst {
             // dup2 onto itself keeps FD_CLOEXEC set; clear it instead.
             if libc::fcntl(src, libc::F_SETFD, 0) != 0 {
-                fail(setup.err_fd, Stage::Setup);
+                fail(setup.report, Stage::Setup);
             }
         } else if libc::dup2(src, dst) < 0 {
-            fail(setup.err_fd, Stage::Setup);
+            fail(setup.report, Stage::Setup);
         }
     }
 
     // Everything above 2 closes at exec, including fds brood inherited from
-    // its own parent without O_CLOEXEC. The error pipe stays open until then.
+    // its own parent without O_CLOEXEC.
     if libc::syscall(
         libc::SYS_close_range,
         3 as libc::c_uint,
@@ -245,9 +249,7 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     {
         let mut fd = 3;
         while fd <= setup.max_fd {
-            if fd != setup.err_fd {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             fd += 1;
         }
     }
@@ -259,10 +261,10 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     if src >= 0 {
         if src == target {
             if libc::fcntl(src, libc::F_SETFD, 0) != 0 {
-                fail(setup.err_fd, Stage::Setup);
+                fail(setup.report, Stage::Setup);
             }
         } else if libc::dup2(src, target) < 0 {
-            fail(setup.err_fd, Stage::Setup);
+            fail(setup.report, Stage::Setup);
         }
     }
 
@@ -271,12 +273,12 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     }
     for (resource, limit) in setup.rlimits {
         if libc::setrlimit(*resource as _, limit) != 0 {
-            fail(setup.err_fd, Stage::Rlimit(*resource));
+            fail(setup.report, Stage::Rlimit(*resource));
         }
     }
     if let Some(nice) = setup.nice {
         if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
-            fail(setup.err_fd, Stage::Nice);
+            fail(setup.report, Stage::Nice);
         }
     }
     if let Some(mask) = setup.umask {
@@ -284,21 +286,21 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     }
     if let Some((groups, gid, uid)) = setup.ids {
         if libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()) != 0 {
-            fail(setup.err_fd, Stage::Groups);
+            fail(setup.report, Stage::Groups);
         }
         if libc::syscall(libc::SYS_setgid, gid as libc::c_long) != 0 {
-            fail(setup.err_fd, Stage::Gid);
+            fail(setup.report, Stage::Gid);
         }
         if let Some(uid) = uid {
             if libc::syscall(libc::SYS_setuid, uid as libc::c_long) != 0 {
-                fail(setup.err_fd, Stage::Uid);
+                fail(setup.report, Stage::Uid);
             }
         }
     }
 
     if setup.pdeathsig != 0 {
         if libc::prctl(libc::PR_SET_PDEATHSIG, setup.pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
-            fail(setup.err_fd, Stage::Setup);
+            fail(setup.report, Stage::Setup);
         }
         // brood may have died between fork and prctl: then the signal will
         // never come, so behave as if it had.
@@ -308,7 +310,7 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     }
 
     if !setup.cwd.is_null() && libc::chdir(setup.cwd) != 0 {
-        fail(setup.err_fd, Stage::Chdir);
+        fail(setup.report, Stage::Chdir);
     }
 
     let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -321,7 +323,7 @@ pub unsafe fn exec_child(setup: &ChildSetup) -> ! {
     libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
 
     let errno = execve_candidates(setup.paths, setup.argv, setup.envp);
-    report(setup.err_fd, Stage::Exec, errno);
+    report(setup.report, Stage::Exec, errno);
 }
 
 /// `execve` each candidate path in turn; returns only when all failed, with
@@ -391,19 +393,25 @@ pub unsafe fn set_ignored(sig: c_int) {
 
 /// # Safety
 /// As [`report`].
-unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
-    report(err_fd, stage, *libc::__errno_location())
+unsafe fn fail(slot: *mut u8, stage: Stage) -> ! {
+    report(slot, stage, *libc::__errno_location())
 }
 
-/// Send the failure report to the parent and leave. The 12 bytes go in one
-/// write to an empty pipe, which the kernel makes atomic (under PIPE_BUF):
-/// the parent reads all of them or none. No handler can cut the write
-/// short: the child has reset every handled signal to its default.
+/// Leave the failure report where brood reads it, and leave. The bytes go
+/// into brood's own memory (CLONE_VM), one volatile store at a time; brood
+/// reads them only after clone has returned, that is after this child has
+/// exited, so it sees all of them. A child killed halfway (SIGKILL between
+/// two stores) leaves a report without its check word, which brood refuses.
 ///
 /// # Safety
-/// Child only: `_exit` ends the process without running brood's exit code.
-unsafe fn report(err_fd: RawFd, stage: Stage, errno: c_int) -> ! {
+/// Child only: `_exit` ends the process without running brood's exit code;
+/// `slot` must be [`REPORT_LEN`] writable bytes.
+unsafe fn report(slot: *mut u8, stage: Stage, errno: c_int) -> ! {
     let msg = encode_report(stage, errno);
-    libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+    let mut i = 0;
+    while i < REPORT_LEN {
+        std::ptr::write_volatile(slot.add(i), msg[i]);
+        i += 1;
+    }
     libc::_exit(127)
 }

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events as MioEvents, Interest, Poll, Token};
 use signal_hook::consts::signal::*;
-use signal_hook_mio::v1_0::Signals;
 
 use crate::children::Child;
 use crate::config::OutputOptions;
@@ -142,7 +141,7 @@ pub struct Outcome {
 
 pub struct Supervisor {
     poll: Poll,
-    signals: Signals,
+    signals: signals::SignalQueue,
     ctx: SpawnContext,
     programs: HashMap<ProgramId, Program>,
     opts: Options,
@@ -199,12 +198,11 @@ impl Supervisor {
         mut control: Option<ControlServer>,
     ) -> Result<Supervisor, Error> {
         let poll = Poll::new().map_err(|e| Error::io("cannot create epoll", e))?;
-        let mut watched = signals::SUPERVISOR_SIGNALS.to_vec();
-        watched.extend(signals::stray_signals());
-        let mut signals =
-            signals::register(&watched).map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let strays = signals::catch_strays().map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let signals = signals::SignalQueue::new(signals::SUPERVISOR_SIGNALS)
+            .map_err(|e| Error::io("cannot open a signalfd", e))?;
         poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .register(&mut SourceFd(&signals.raw_fd()), SIGNALS, Interest::READABLE)
             .map_err(|e| Error::io("cannot watch signals", e))?;
         process::become_subreaper();
         if let Some(ctl) = control.as_mut() {
@@ -212,7 +210,7 @@ impl Supervisor {
                 .register(&mut ctl.bound.listener, control::LISTENER, Interest::READABLE)
                 .map_err(|e| Error::io("cannot watch the control socket", e))?;
         }
-        let reset = signals::non_default_dispositions();
+        let reset = signals::non_default_dispositions(&strays);
         let ctx =
             SpawnContext::new(reset, opts.pdeathsig).map_err(|e| Error::io("cannot open /dev/null", e))?;
 
@@ -373,7 +371,7 @@ impl Supervisor {
     // ----- signals ---------------------------------------------------------
 
     fn on_signals(&mut self) {
-        let pending: Vec<i32> = self.signals.pending().collect();
+        let pending = self.signals.pending();
         for sig in pending {
             match sig {
                 SIGCHLD => self.reap(),
@@ -393,7 +391,7 @@ impl Supervisor {
                         self.begin_shutdown(ShutdownReason::Signal(sig));
                     }
                 }
-                other => log::debug!("ignoring {}", signals::name(other)),
+                _ => {}
             }
         }
     }
