@@ -41,7 +41,7 @@ GiB = 1024 * MiB
 # Sizes per mode. "check" is quick's sizes with a single round.
 MODES = {
     "full": dict(
-        rounds=5, spawn_n=5000, spawn_peer_n=2000, parallel_n=500,
+        rounds=5, spawn_n=5000, spawn_peer_n=2000, parallel_n=500, spawn_static_n=10000,
         out_bytes=1 * GiB, out_multi_k=8, out_multi_bytes=128 * MiB,
         out_line_bytes=256 * MiB, out_byte_bytes=4 * MiB, out_file_bytes=1 * GiB, out_run_bytes=512 * MiB,
         honcho_bytes=8 * MiB, parallel_bytes=256 * MiB,
@@ -49,7 +49,7 @@ MODES = {
         lat_n=3000, lat_j=4, lat_delay_us=5000, idle_s=10.0,
     ),
     "quick": dict(
-        rounds=3, spawn_n=1000, spawn_peer_n=300, parallel_n=60,
+        rounds=3, spawn_n=1000, spawn_peer_n=300, parallel_n=60, spawn_static_n=2000,
         out_bytes=256 * MiB, out_multi_k=8, out_multi_bytes=32 * MiB,
         out_line_bytes=32 * MiB, out_byte_bytes=512 * 1024, out_file_bytes=256 * MiB, out_run_bytes=128 * MiB,
         honcho_bytes=2 * MiB, parallel_bytes=32 * MiB,
@@ -509,6 +509,25 @@ class Suite:
                 input_bytes=qargs)})
         else:
             b.skip("GNU parallel", "not installed")
+        return b
+
+    def spawn_static(self, jobs):
+        """The issue's tighter limit: a static do-nothing child (no dynamic
+        loading to hide behind) against a C vfork+execv loop."""
+        n = self.p["spawn_static_n"]
+        b = self.add(Bench(f"vfork-j{jobs}", f"spawn a static do-nothing child, {jobs} in flight",
+                           dict(n=n, jobs=jobs)))
+        b.metric("rate", "spawns/s", "higher", ratio_target=0.95,
+                 why="per child brood makes and closes two pipes (stdout, stderr), registers them,"
+                     " and wakes twice: once for their hang-up, once for SIGCHLD (the kernel closes"
+                     " an exiting child's files before it signals its parent); the C loop has no"
+                     " pipes and wakes once, in waitpid. See benches/README.md, spawning")
+        nop = self.bin("nop")
+        b.subject("brood", lambda: {"rate": n / run_timed(self.brood_cmd("-n", str(n), "-j", str(jobs), "--", nop))})
+        b.subject("C vfork loop", lambda: {"rate": n / run_timed(
+            [self.bin("forkloop"), "-v", "-n", str(n), "-j", str(jobs), nop])}, reference=True)
+        b.subject("C fork loop", lambda: {"rate": n / run_timed(
+            [self.bin("forkloop"), "-n", str(n), "-j", str(jobs), nop])})
         return b
 
     # -- 2-4. output throughput -------------------------------------------------
@@ -1023,6 +1042,8 @@ class Suite:
         plan = [
             lambda: self.spawn(1),
             lambda: self.spawn(2),
+            lambda: self.spawn_static(1),
+            lambda: self.spawn_static(2),
             lambda: self.output("out-1x64k", "1 child, 64 KiB writes", 1, p["out_bytes"], 65536, peers=True),
             lambda: self.output(f"out-{p['out_multi_k']}x64k", f"{p['out_multi_k']} children at once, 64 KiB writes",
                                 p["out_multi_k"], p["out_multi_bytes"], 65536),
@@ -1093,7 +1114,7 @@ def main():
         print(msg, file=sys.stderr, flush=True)
 
     for exe in [args.brood] + [os.path.join(args.bin, x) for x in
-                               ("forkloop", "prefixer", "linegen", "pausechild", "concloop", "reaploop", "exitstamp")]:
+                               ("forkloop", "prefixer", "linegen", "pausechild", "concloop", "reaploop", "exitstamp", "nop")]:
         if not os.access(exe, os.X_OK):
             sys.exit(f"missing {exe}: run through make (make bench-quick)")
     if not args.no_install and not args.check:
