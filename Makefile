@@ -78,7 +78,7 @@ clean:
 #   make bench-check  quick sizes, one round: proves every benchmark runs
 BENCH_CC ?= $(if $(shell command -v gcc 2>/dev/null),gcc,cc)
 BENCH_BIN := target/bench/bin
-BENCH_REFS := forkloop prefixer linegen concloop reaploop exitstamp
+BENCH_REFS := forkloop prefixer linegen concloop reaploop exitstamp crashstamp
 BENCH_PY ?= python3
 define bench_refs
 	@mkdir -p $(BENCH_BIN)

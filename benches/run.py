@@ -47,6 +47,7 @@ MODES = {
         honcho_bytes=8 * MiB, parallel_bytes=256 * MiB,
         alive_n=10000, alive_rounds=3, rss_rounds=3, run_many=(1000, 9000),
         lat_n=3000, lat_j=4, lat_delay_us=5000, idle_s=10.0,
+        restart_k=40, restart_peer_k=10, restart_run_us=20000,
     ),
     "quick": dict(
         rounds=3, spawn_n=1000, spawn_peer_n=300, parallel_n=60, spawn_static_n=2000,
@@ -55,6 +56,7 @@ MODES = {
         honcho_bytes=2 * MiB, parallel_bytes=32 * MiB,
         alive_n=1000, alive_rounds=3, rss_rounds=1, run_many=(200, 1000),
         lat_n=500, lat_j=4, lat_delay_us=5000, idle_s=3.0,
+        restart_k=15, restart_peer_k=5, restart_run_us=20000,
     ),
 }
 
@@ -454,6 +456,8 @@ class Suite:
         self.p = dict(MODES["quick" if mode == "check" else mode])
         if check:
             self.p["rounds"] = self.p["alive_rounds"] = self.p["rss_rounds"] = 1
+            # supervisord restarts once a second: 2 restarts keep --check short
+            self.p["restart_k"], self.p["restart_peer_k"] = 5, 2
         self.bin = lambda name: os.path.join(bindir, name)
         self.brood = brood
         self.tmp = tempfile.mkdtemp(prefix="brood-bench-")
@@ -983,6 +987,168 @@ class Suite:
         b.subject("C reaploop", ref_run, reference=True)
         return b
 
+    # -- 7b. crash -> running again ---------------------------------------------
+
+    def restart_latency(self):
+        """One program that crashes over and over (`crashstamp`: stamps its
+        start, runs RUN_US, stamps its end, exits 1), each supervisor told to
+        restart it at once: from one run's end (its `E` stamp, just before
+        `_exit`) to the next run's start (its `S` stamp, first thing in
+        main: exec'd and running). K restarts per round, p50/p90/max of
+        them per round. supervisord restarts once a second (its loop's tick),
+        so it gets fewer restarts per round (restart_peer_k)."""
+        k, pk, run_us = self.p["restart_k"], self.p["restart_peer_k"], self.p["restart_run_us"]
+        # The smallest settings each accepts: brood takes a backoff of 0s;
+        # max_restarts (restarts in a row, none up for restart_window) at its
+        # largest accepted value, so that the program never goes fatal.
+        settings = {
+            "brood": 'restart = "always", backoff = { initial = "0s", max = "0s" }, max_restarts = 1000000',
+            "supervisord": "autorestart=true, startsecs=0, startretries=1000000",
+            "Horust": 'strategy = "always", backoff = "0s", attempts = 0',
+        }
+        b = self.add(Bench("restart-latency", "a crashing program: exit -> next run alive",
+                           dict(restarts=k, peer_restarts=pk, run_us=run_us, **settings)))
+        b.metric("p50", "ms", "lower", abs_target=("<=", 5.0),
+                 why="with every core busy, each wake-up waits for the scheduler's next tick (4 ms at"
+                     " 250 Hz); see benches/README.md, restart latency")
+        b.metric("p90", "ms", "lower")
+        b.metric("max", "ms", "lower")
+        b.metric("exit->spawn event p50", "ms", "lower")
+        crash = self.bin("crashstamp")
+        root = os.path.join(self.tmp, "restart")
+
+        def read_stamps(path):
+            """[(time, 'S' or 'E', pid)], whole lines only, in time order."""
+            out = []
+            try:
+                with open(path) as f:
+                    for line in f:
+                        parts = line.split()
+                        if line.endswith("\n") and len(parts) == 3:
+                            out.append((float(parts[2]), parts[0], int(parts[1])))
+            except FileNotFoundError:
+                pass
+            return sorted(out)
+
+        def kill_runs(stamps):
+            """SIGKILL the runs that outlived their supervisor: by the pids in
+            the stamps file, each checked to be still this run's crashstamp."""
+            for _t, kind, pid in read_stamps(stamps):
+                if kind != "S":
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if stamps.encode() not in f.read():
+                            continue
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+        def one(cmd, d, want):
+            """Run the supervisor in d until want restarts are stamped, stop it;
+            the latencies of the first want restarts."""
+            stamps = os.path.join(d, "stamps")
+            if os.path.exists(stamps):
+                os.unlink(stamps)
+            errpath = os.path.join(d, "stderr")
+            with open(errpath, "wb") as err:
+                p = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=err,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                deadline = time.monotonic() + 20 + 3 * want
+                while True:
+                    starts = sum(kind == "S" for _t, kind, _pid in read_stamps(stamps))
+                    if starts > want:
+                        break
+                    if p.poll() is not None:
+                        with open(errpath, "rb") as f:
+                            tail = f.read()[-300:].decode(errors="replace")
+                        raise BenchError(f"supervisor exited ({p.returncode}) after {starts} of {want + 1}"
+                                         f" runs: {tail}")
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"only {starts} of {want + 1} runs started in {20 + 3 * want}s")
+                    time.sleep(0.02)
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    raise BenchError("did not exit within 15s of SIGTERM")
+            finally:
+                if p.poll() is None:
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    p.wait()
+                kill_runs(stamps)
+            runs = read_stamps(stamps)
+            lat = []
+            for prev, cur in zip(runs, runs[1:]):
+                if cur[1] == "S":
+                    if prev[1] != "E":
+                        raise BenchError(f"run {cur[2]} started before run {prev[2]} ended")
+                    lat.append((cur[0] - prev[0]) * 1e3)
+            lat = sorted(lat[:want])
+            if len(lat) < want:
+                raise BenchError(f"only {len(lat)} of {want} restarts in the stamps")
+            return {"p50": percentile(lat, 50), "p90": percentile(lat, 90), "max": lat[-1]}
+
+        d = os.path.join(root, "brood")
+        os.makedirs(d, exist_ok=True)
+        cfg, sock, ev = (os.path.join(d, x) for x in ("brood.toml", "s.sock", "events"))
+        with open(cfg, "w") as f:
+            f.write("[program.crash]\n"
+                    f"command = [{json.dumps(crash)}, {json.dumps(os.path.join(d, 'stamps'))}, \"{run_us}\"]\n"
+                    "restart = \"always\"\n"
+                    "backoff = { initial = \"0s\", max = \"0s\" }\n"
+                    "max_restarts = 1000000\n"
+                    "stdin = \"null\"\n")
+
+        def brood_run():
+            if os.path.exists(ev):
+                os.unlink(ev)
+            out = one([self.brood, "run", "-q", "--socket", sock, "--events", ev, "-f", cfg], d, k)
+            # brood's own part: its exit event (after waitpid) to the next spawn event.
+            exits, own = None, []
+            with open(ev) as f:
+                for line in f:
+                    e = json.loads(line)
+                    if e.get("event") == "exit":
+                        exits = e["ts"]
+                    elif e.get("event") == "spawn" and exits is not None:
+                        own.append((e["ts"] - exits) * 1e3)
+                        exits = None
+            if own:
+                out["exit->spawn event p50"] = percentile(sorted(own[:k]), 50)
+            return out
+
+        b.subject("brood", brood_run)
+        if self.supervisord:
+            sd = os.path.join(root, "supervisord")
+            os.makedirs(sd, exist_ok=True)
+            conf = os.path.join(sd, "supervisord.conf")
+            with open(conf, "w") as f:
+                f.write(f"[supervisord]\nnodaemon=true\nlogfile={sd}/supervisord.log\n"
+                        f"pidfile={sd}/supervisord.pid\nchildlogdir={sd}\n\n"
+                        f"[program:crash]\ncommand={crash} {os.path.join(sd, 'stamps')} {run_us}\n"
+                        "startsecs=0\nstartretries=1000000\nautorestart=true\n"
+                        "stdout_logfile=NONE\nstderr_logfile=NONE\n")
+            b.subject("supervisord", lambda: one([*self.supervisord, "-c", conf], sd, pk))
+        else:
+            b.skip("supervisord", "not installed")
+        if self.horust:
+            hd = os.path.join(root, "horust")
+            os.makedirs(os.path.join(hd, "services"), exist_ok=True)
+            with open(os.path.join(hd, "services", "crash.toml"), "w") as f:
+                f.write(f"command = \"{crash} {os.path.join(hd, 'stamps')} {run_us}\"\n"
+                        "[restart]\nstrategy = \"always\"\nbackoff = \"0s\"\nattempts = 0\n")
+            b.subject("Horust", lambda: one([self.horust, "--uds-folder-path", hd, "--services-path",
+                                             os.path.join(hd, "services")], hd, k))
+        else:
+            b.skip("Horust", "not installed (cargo install horust)")
+        b.skip("honcho", "no restarts: a crashing process stops honcho and all others")
+        return b
+
     # -- 8. idle ---------------------------------------------------------------
 
     def idle(self):
@@ -1058,6 +1224,7 @@ class Suite:
             self.health100,
             self.rss100,
             self.latency,
+            self.restart_latency,
             self.idle,
         ]
         for make in plan:
@@ -1114,7 +1281,8 @@ def main():
         print(msg, file=sys.stderr, flush=True)
 
     for exe in [args.brood] + [os.path.join(args.bin, x) for x in
-                               ("forkloop", "prefixer", "linegen", "pausechild", "concloop", "reaploop", "exitstamp", "nop")]:
+                               ("forkloop", "prefixer", "linegen", "pausechild", "concloop", "reaploop", "exitstamp",
+                                "crashstamp", "nop")]:
         if not os.access(exe, os.X_OK):
             sys.exit(f"missing {exe}: run through make (make bench-quick)")
     if not args.no_install and not args.check:
