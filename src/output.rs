@@ -26,23 +26,50 @@ pub struct LineFramer {
     just_cut: bool,
 }
 
+/// Where a [`LineFramer`] puts the lines it cuts.
+pub trait Lines {
+    /// One line, without its newline.
+    fn line(&mut self, line: &[u8]);
+
+    /// `data` starts with whole lines, end to end: take as many as suit,
+    /// each with its newline and none over [`MAX_LINE`], and return how many
+    /// bytes they took; the framer deals with the rest. The default passes
+    /// them one by one to [`Lines::line`]; a consumer that can take a run of
+    /// lines at once (the sink's prefixing loop) saves a call per line.
+    fn whole_lines(&mut self, data: &[u8]) -> usize {
+        one_by_one(self, data)
+    }
+}
+
+impl<F: FnMut(&[u8])> Lines for F {
+    fn line(&mut self, line: &[u8]) {
+        self(line)
+    }
+}
+
+/// [`Lines::whole_lines`] a line at a time.
+pub fn one_by_one<L: Lines + ?Sized>(out: &mut L, data: &[u8]) -> usize {
+    let mut start = 0;
+    while let Some(i) = newline(&data[start..]) {
+        if i > MAX_LINE {
+            break;
+        }
+        out.line(&data[start..start + i]);
+        start += i + 1;
+    }
+    start
+}
+
 impl LineFramer {
-    /// Feed bytes; `emit` gets every complete line, without its newline.
-    pub fn feed(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+    /// Feed bytes; `out` gets every complete line, without its newline.
+    pub fn feed<L: Lines + ?Sized>(&mut self, mut data: &[u8], out: &mut L) {
         loop {
-            // The common case, whole lines and nothing pending: one search
-            // per line straight over the read. Reads rarely end on a line
-            // boundary, so this follows the end of a pending line too.
+            // The common case, whole lines and nothing pending: they go as
+            // they lie in the read. Reads rarely end on a line boundary, so
+            // this follows the end of a pending line too.
             if self.partial.is_empty() && !self.just_cut {
-                let mut start = 0;
-                while let Some(i) = newline(&data[start..]) {
-                    if i > MAX_LINE {
-                        break;
-                    }
-                    emit(&data[start..start + i]);
-                    start += i + 1;
-                }
-                data = &data[start..];
+                let used = out.whole_lines(data);
+                data = &data[used..];
             }
             if data.is_empty() {
                 break;
@@ -56,10 +83,10 @@ impl LineFramer {
             match newline(window) {
                 Some(i) => {
                     if self.partial.is_empty() {
-                        emit(&data[..i]);
+                        out.line(&data[..i]);
                     } else {
                         self.partial.extend_from_slice(&data[..i]);
-                        emit(&self.partial);
+                        out.line(&self.partial);
                         self.partial.clear();
                     }
                     data = &data[i + 1..];
@@ -67,10 +94,10 @@ impl LineFramer {
                 None if window.len() == room => {
                     // A full 64 KiB piece with no newline: cut it here.
                     if self.partial.is_empty() {
-                        emit(window);
+                        out.line(window);
                     } else {
                         self.partial.extend_from_slice(window);
-                        emit(&self.partial);
+                        out.line(&self.partial);
                         self.partial.clear();
                     }
                     data = &data[room..];
@@ -88,9 +115,9 @@ impl LineFramer {
     }
 
     /// At EOF: the unterminated last line, if any.
-    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+    pub fn finish<L: Lines + ?Sized>(&mut self, out: &mut L) {
         if !self.partial.is_empty() {
-            emit(&self.partial);
+            out.line(&self.partial);
         }
         self.partial = Vec::new();
     }
@@ -236,6 +263,29 @@ impl Sink {
         self.buf.extend_from_slice(prefix);
         self.buf.extend_from_slice(line);
         self.buf.push(b'\n');
+    }
+
+    /// [`Sink::push_line`] for each of the whole lines `data` starts with
+    /// (each ending in a newline, none over [`MAX_LINE`]), in one loop:
+    /// the prefixer's inner loop. Returns the bytes used and the lines
+    /// found; a closed sink finds them all the same and keeps nothing.
+    pub fn push_lines(&mut self, prefix: &[u8], data: &[u8]) -> (usize, u32) {
+        let mut start = 0;
+        let mut count = 0u32;
+        while let Some(i) = newline(&data[start..]) {
+            if i > MAX_LINE {
+                break;
+            }
+            if !self.closed {
+                // The line and its newline in one copy.
+                self.buf.reserve(prefix.len() + i + 1);
+                self.buf.extend_from_slice(prefix);
+                self.buf.extend_from_slice(&data[start..start + i + 1]);
+            }
+            start += i + 1;
+            count += 1;
+        }
+        (start, count)
     }
 
     /// Append bytes that are already whole lines (brood's own messages).
@@ -416,9 +466,9 @@ mod tests {
         let mut f = LineFramer::default();
         let mut lines = Vec::new();
         for c in chunks {
-            f.feed(c, |l| lines.push(l.to_vec()));
+            f.feed(c, &mut |l: &[u8]| lines.push(l.to_vec()));
         }
-        f.finish(|l| lines.push(l.to_vec()));
+        f.finish(&mut |l: &[u8]| lines.push(l.to_vec()));
         lines
     }
 

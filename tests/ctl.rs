@@ -475,6 +475,49 @@ stop_timeout = "1s"
     server.stop();
 }
 
+/// Large writes that cut lines anywhere: the lines a read holds whole go to
+/// the sink and the ring as a block, the ones split across reads one by one;
+/// both must come out whole and in order, on stdout and in `ctl logs`.
+#[test]
+fn logs_keep_every_line_of_large_writes_that_split_lines() {
+    let config = r#"
+[program.big]
+command = ["python3", "-c", """
+import os, sys
+data = b"".join(b"line %05d %s\\n" % (i, b"x" * (i % 97)) for i in range(5000))
+for at in range(0, len(data), 4093):
+    os.write(1, data[at:at + 4093])
+os.close(1)
+import time; time.sleep(1000)
+"""]
+stop_timeout = "1s"
+"#;
+    let expected: Vec<String> = (0..5000)
+        .map(|i| format!("line {i:05} {}", "x".repeat(i % 97)))
+        .collect();
+    let server = Server::start("logs-split", config);
+    server.brood.wait_stdout("the last line", |s| {
+        prefixed(s)
+            .iter()
+            .any(|(l, t)| l == "big.1" && t.starts_with("line 04999"))
+    });
+    let seen: Vec<String> = prefixed(&server.brood.stdout_str())
+        .into_iter()
+        .filter(|(l, _)| l == "big.1")
+        .map(|(_, t)| t)
+        .collect();
+    assert!(seen == expected, "stdout must carry every line whole, in order");
+    let out = server.ctl(&["logs", "-n", "1000", "big"]);
+    out.assert_code(0).assert_no_panic();
+    let logged: Vec<String> = prefixed(&out.stdout_str()).into_iter().map(|(_, t)| t).collect();
+    assert!(
+        logged == expected[4000..],
+        "ctl logs -n 1000 must be the last 1000 lines, whole, in order{}",
+        out.context()
+    );
+    server.stop();
+}
+
 #[test]
 fn logs_follow_streams_new_lines() {
     let config = r#"

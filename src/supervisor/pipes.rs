@@ -13,13 +13,15 @@ use mio::Token;
 
 use super::Supervisor;
 use crate::children::Stream;
+use crate::control::ring::Ring;
 use crate::control::ring::CHUNK_MIN;
 use crate::core::event::Event;
 use crate::core::ids::ChildId;
 use crate::core::timers::Timer;
-use crate::logfile::{Clock, Dropped};
+use crate::logfile::{Clock, Dropped, LogFiles};
 use crate::logging;
 use crate::output::{self, Sink};
+use crate::probe::LineMatcher;
 
 /// A pipe's default capacity: one read takes all a pipe holds, and the
 /// buffer stays in cache (1 MiB reads measured slower).
@@ -71,6 +73,107 @@ fn trim_cr(mut line: &[u8]) -> &[u8] {
         line = rest;
     }
     line
+}
+
+/// Where the lines of one read go: the sink (prefixed), the program's
+/// ctl logs ring, the instance's log file, the `ready = { log }` matcher.
+struct ReadLines<'a, 'd> {
+    /// The read, to tell lines that lie in it from assembled ones.
+    data: &'d [u8],
+    sink: &'a mut Sink,
+    prefix: &'a [u8],
+    timestamps: bool,
+    /// A terminal's lines end in CR LF.
+    tty: bool,
+    ring: Option<&'a mut Ring>,
+    label: &'a str,
+    stderr: bool,
+    /// Lines that lie one after another in this read, each with its
+    /// newline, go to the ring as one block: `data[run.0..run.1]`, `run.2`
+    /// lines. Others (the end of a line begun in an earlier read, a 64 KiB
+    /// piece) go alone, in order.
+    run: (usize, usize, u32),
+    log: Option<(&'a mut LogFiles, usize, Clock)>,
+    ready_log: Option<&'a LineMatcher>,
+    matched: bool,
+}
+
+impl ReadLines<'_, '_> {
+    /// `data[at..end]` holds `lines` whole lines, each with its newline:
+    /// extend the ring's run with them, or begin a new one.
+    fn in_run(&mut self, at: usize, end: usize, lines: u32) {
+        if self.run.2 > 0 && at == self.run.1 {
+            self.run.1 = end;
+            self.run.2 += lines;
+        } else {
+            self.end_run();
+            self.run = (at, end, lines);
+        }
+    }
+
+    /// Give the ring the run so far.
+    fn end_run(&mut self) {
+        if let Some(r) = self.ring.as_mut().filter(|_| self.run.2 > 0) {
+            r.push_block(
+                self.label,
+                self.stderr,
+                &self.data[self.run.0..self.run.1],
+                self.run.2,
+            );
+            self.run.2 = 0;
+        }
+    }
+}
+
+impl output::Lines for ReadLines<'_, '_> {
+    fn line(&mut self, line: &[u8]) {
+        // A terminal ends lines with CR LF (ONLCR); CRs just before the
+        // LF are part of the line end. A CR elsewhere (a progress bar
+        // redrawing its line) is kept, like every other byte.
+        let line = if self.tty { trim_cr(line) } else { line };
+        if !self.matched && self.ready_log.is_some_and(|m| m.is_match(line)) {
+            self.matched = true;
+        }
+        if self.ring.is_some() {
+            let n = self.data.len();
+            let at = (line.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
+            let end = at.wrapping_add(line.len());
+            if at <= n && end < n && self.data[end] == b'\n' {
+                self.in_run(at, end + 1, 1);
+            } else {
+                self.end_run();
+                if let Some(r) = self.ring.as_mut() {
+                    r.push(self.label, self.stderr, line);
+                }
+            }
+        }
+        if let Some((logs, file, clock)) = self.log.as_mut() {
+            logs.push(*file, line, clock);
+        }
+        if self.timestamps {
+            let mut p = output::timestamp();
+            p.extend_from_slice(self.prefix);
+            self.sink.push_line(&p, line);
+        } else {
+            self.sink.push_line(self.prefix, line);
+        }
+    }
+
+    fn whole_lines(&mut self, data: &[u8]) -> usize {
+        // Lines that need nothing but their prefix (the common case) go to
+        // the sink in its own loop; the rest one by one.
+        if self.tty || self.timestamps || self.log.is_some() || self.ready_log.is_some() {
+            return output::one_by_one(self, data);
+        }
+        let (used, count) = self.sink.push_lines(self.prefix, data);
+        if count > 0 {
+            let at = (data.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
+            if at <= self.data.len() {
+                self.in_run(at, at + used, count);
+            }
+        }
+        used
+    }
 }
 
 impl Supervisor {
@@ -175,7 +278,7 @@ impl Supervisor {
         } else {
             b""
         };
-        let mut ring = self
+        let ring = self
             .control
             .as_mut()
             .and_then(|c| c.rings.get_mut(&child.program));
@@ -183,64 +286,36 @@ impl Supervisor {
         let (tty, attached) = (child.tty, child.attached);
         let logs = &mut self.logs;
         let log = logs.file_of(child.program, child.n, label);
-        // One time per read: every line of it was read at once.
-        let mut clock = log.map(|_| Clock::new(Instant::now(), SystemTime::now()));
-        let ready_log = &child.ready_log;
-        let mut matched = false;
         let data = &self.scratch[..n];
-        let stderr = stream == Stream::Stderr;
-        // Lines that lie one after another in this read, each with its
-        // newline, go to the ring as one block: `data[run.0..run.1]`,
-        // `run.2` lines. Others (the end of a line begun in an earlier
-        // read, a 64 KiB piece) go alone, in order.
-        let mut run = (0usize, 0usize, 0u32);
-        let mut emit = |line: &[u8]| {
-            // A terminal ends lines with CR LF (ONLCR); CRs just before the
-            // LF are part of the line end. A CR elsewhere (a progress bar
-            // redrawing its line) is kept, like every other byte.
-            let line = if tty { trim_cr(line) } else { line };
-            if !matched && ready_log.as_ref().is_some_and(|m| m.is_match(line)) {
-                matched = true;
-            }
-            if let Some(r) = ring.as_mut() {
-                let at = (line.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
-                let end = at.wrapping_add(line.len());
-                if at <= n && end < n && data[end] == b'\n' {
-                    if run.2 > 0 && at == run.1 {
-                        run.1 = end + 1;
-                        run.2 += 1;
-                    } else {
-                        if run.2 > 0 {
-                            r.push_block(label, stderr, &data[run.0..run.1], run.2);
-                        }
-                        run = (at, end + 1, 1);
-                    }
-                } else {
-                    if run.2 > 0 {
-                        r.push_block(label, stderr, &data[run.0..run.1], run.2);
-                        run.2 = 0;
-                    }
-                    r.push(label, stderr, line);
-                }
-            }
-            if let (Some(file), Some(clock)) = (log, clock.as_mut()) {
-                logs.push(file, line, clock);
-            }
-            if opts.timestamps {
-                let mut p = output::timestamp();
-                p.extend_from_slice(prefix);
-                sink.push_line(&p, line);
-            } else {
-                sink.push_line(prefix, line);
-            }
+        let mut lines = ReadLines {
+            data,
+            sink,
+            prefix,
+            timestamps: opts.timestamps,
+            tty,
+            ring,
+            label,
+            stderr: stream == Stream::Stderr,
+            run: (0, 0, 0),
+            // One time per read: every line of it was read at once.
+            log: log.map(|file| (&mut *logs, file, Clock::new(Instant::now(), SystemTime::now()))),
+            ready_log: child.ready_log.as_ref(),
+            matched: false,
         };
         let more = if n == 0 {
-            pipe.framer.finish(&mut emit);
+            pipe.framer.finish(&mut lines);
             false
         } else {
-            pipe.framer.feed(data, &mut emit);
+            pipe.framer.feed(data, &mut lines);
             true
         };
+        let ReadLines {
+            mut ring,
+            run,
+            matched,
+            stderr,
+            ..
+        } = lines;
         if let Some(r) = ring.as_mut().filter(|_| run.2 > 0) {
             if run.1 - run.0 >= CHUNK_MIN {
                 // The ring keeps this read buffer; reading goes on in one
