@@ -121,6 +121,29 @@ impl LogFile {
         None
     }
 
+    /// Whether `len` bytes of whole lines can be buffered as they are: no
+    /// timestamps to put before each, no outage, no rotation among them.
+    fn takes_whole(&self, len: usize) -> bool {
+        !self.timestamps
+            && self.outage.is_none()
+            && (self.max_size == 0 || self.size + len as u64 <= self.max_size)
+    }
+
+    /// Buffer `lines` whole lines lying end to end in `block`, each with its
+    /// newline, in one copy. Only when [`LogFile::takes_whole`] said so.
+    fn push_block(&mut self, block: &[u8], lines: u32, now: Instant) -> Option<Dropped> {
+        if let Err((what, e, lost)) = self.make_room(block.len() as u64) {
+            self.fail(what, e, now, lost + u64::from(lines));
+            return None;
+        }
+        self.buf.extend_from_slice(block);
+        self.size += block.len() as u64;
+        if self.buf.len() >= FLUSH_AT {
+            return self.flush(now);
+        }
+        None
+    }
+
     /// The file open, and rotated first if this line would take it past
     /// `max_size`. A line longer than `max_size` goes whole into a fresh
     /// file.
@@ -436,6 +459,29 @@ impl LogFiles {
         }
     }
 
+    /// [`LogFiles::push`] for `lines` whole lines lying end to end in
+    /// `block`, each with its newline: one copy when the file takes them
+    /// as they are, else line by line.
+    pub fn push_lines(&mut self, file: usize, block: &[u8], lines: u32, clock: &mut Clock) {
+        let Some(f) = self.files.get_mut(file) else { return };
+        let was_empty = f.buf.is_empty();
+        if f.takes_whole(block.len()) {
+            if let Some(report) = f.push_block(block, lines, clock.now) {
+                self.reports.push(report);
+            }
+        } else {
+            for line in block.split_inclusive(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                if let Some(report) = f.push(line, clock) {
+                    self.reports.push(report);
+                }
+            }
+        }
+        if was_empty && !f.buf.is_empty() {
+            self.dirty.push(file);
+        }
+    }
+
     /// Write every buffer (once per loop turn).
     pub fn flush(&mut self, now: Instant) {
         for i in std::mem::take(&mut self.dirty) {
@@ -628,6 +674,58 @@ mod tests {
         assert_eq!(read(&tmp.0.join("moved")), "old\nlate\n");
         assert_eq!(read(&path), "new\n");
         assert_eq!(files.finish(now), []);
+    }
+
+    /// Blocks of whole lines end as the same files, rotations included, as
+    /// the same lines pushed one by one.
+    #[test]
+    fn blocks_of_lines_write_what_lines_one_by_one_write() {
+        let tmp = Tmp::new("blocks");
+        let lines: Vec<String> = (0..40)
+            .map(|i| format!("line {i:02}{}", "x".repeat(i % 5)))
+            .collect();
+        let run = |name: &str, blocks: bool| -> Vec<String> {
+            let dir = tmp.0.join(name);
+            let mut files = LogFiles::new([(
+                ProgramId(0),
+                "b".to_string(),
+                spec(LogTarget::Dir(dir.clone()), 50, 3),
+            )]);
+            let i = files.file_of(ProgramId(0), 1, "b.1").unwrap();
+            let now = Instant::now();
+            for group in lines.chunks(7) {
+                if blocks {
+                    let block: String = group.iter().map(|l| format!("{l}\n")).collect();
+                    files.push_lines(i, block.as_bytes(), group.len() as u32, &mut clock(now));
+                } else {
+                    for l in group {
+                        files.push(i, l.as_bytes(), &mut clock(now));
+                    }
+                }
+            }
+            files.flush(now);
+            let path = dir.join("b.1.log");
+            (0..=3)
+                .map(|k| if k == 0 { path.clone() } else { numbered(&path, k) })
+                .map(|p| fs::read_to_string(p).unwrap_or_default())
+                .collect()
+        };
+        let by_line = run("by-line", false);
+        assert!(by_line[1].len() > 0, "the test must rotate: {by_line:?}");
+        assert_eq!(run("by-block", true), by_line);
+        // Without a size limit a block is appended as it is.
+        let dir = tmp.0.join("plain");
+        let mut files = LogFiles::new([(
+            ProgramId(0),
+            "p".to_string(),
+            spec(LogTarget::Dir(dir.clone()), 0, 0),
+        )]);
+        let i = files.file_of(ProgramId(0), 1, "p.1").unwrap();
+        let now = Instant::now();
+        files.push_lines(i, b"a\nb\n", 2, &mut clock(now));
+        files.push(i, b"c", &mut clock(now));
+        files.flush(now);
+        assert_eq!(read(&dir.join("p.1.log")), "a\nb\nc\n");
     }
 
     #[test]

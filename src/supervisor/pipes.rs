@@ -161,12 +161,16 @@ impl output::Lines for ReadLines<'_, '_> {
 
     fn whole_lines(&mut self, data: &[u8]) -> usize {
         // Lines that need nothing but their prefix (the common case) go to
-        // the sink in its own loop; the rest one by one.
-        if self.tty || self.timestamps || self.log.is_some() || self.ready_log.is_some() {
+        // the sink in its own loop, and to a log file as one block; the rest
+        // one by one.
+        if self.tty || self.timestamps || self.ready_log.is_some() {
             return output::one_by_one(self, data);
         }
         let (used, count) = self.sink.push_lines(self.prefix, data);
         if count > 0 {
+            if let Some((logs, file, clock)) = self.log.as_mut() {
+                logs.push_lines(*file, &data[..used], count, clock);
+            }
             let at = (data.as_ptr() as usize).wrapping_sub(self.data.as_ptr() as usize);
             if at <= self.data.len() {
                 self.in_run(at, at + used, count);
