@@ -711,7 +711,7 @@ mod tests {
                 .collect()
         };
         let by_line = run("by-line", false);
-        assert!(by_line[1].len() > 0, "the test must rotate: {by_line:?}");
+        assert!(!by_line[1].is_empty(), "the test must rotate: {by_line:?}");
         assert_eq!(run("by-block", true), by_line);
         // Without a size limit a block is appended as it is.
         let dir = tmp.0.join("plain");
