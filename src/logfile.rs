@@ -482,7 +482,12 @@ impl LogFiles {
         }
     }
 
-    /// Write every buffer (once per loop turn).
+    /// Whether some buffer waits to be written.
+    pub fn dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Write every buffer (when the loop runs out of work).
     pub fn flush(&mut self, now: Instant) {
         for i in std::mem::take(&mut self.dirty) {
             if let Some(report) = self.files.get_mut(i).and_then(|f| f.flush(now)) {

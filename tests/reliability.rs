@@ -2244,6 +2244,9 @@ fn slow_logs_follower_is_dropped_with_a_last_line_saying_why() {
         .unwrap();
     // Not reading: the backlog fills, the ring runs past it, brood drops
     // the client. Then read everything it was sent.
+    server
+        .brood
+        .wait_stderr("the follower dropped", |t| t.contains("fell behind"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut last = String::new();
     let mut lines = 0;

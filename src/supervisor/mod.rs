@@ -297,12 +297,23 @@ impl Supervisor {
             if self.finished() {
                 break;
             }
-            let timeout = self.next_timeout();
+            // With output waiting, look for more work first and write it
+            // out only when there is none (see pipes::flush_output).
+            let flush_first = self.output_waiting();
+            let timeout = if flush_first {
+                Some(Duration::ZERO)
+            } else {
+                self.next_timeout()
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("epoll failed: {e}");
                     self.begin_shutdown(ShutdownReason::Error);
                 }
+                continue;
+            }
+            if flush_first && events.is_empty() {
+                self.flush_output();
                 continue;
             }
             for event in events.iter() {
