@@ -94,17 +94,39 @@ impl SignalQueue {
 
     /// Every signal queued since the last call, in the order they came
     /// (standard signals coalesce: one of each kind at most while queued).
+    /// Read in batches; a batch that is not full emptied the queue, and a
+    /// signal that comes after it makes the fd readable again.
     pub fn pending(&mut self) -> Vec<c_int> {
+        use std::os::fd::AsRawFd;
+        const BATCH: usize = 8;
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
         let mut out = Vec::new();
         loop {
-            match self.fd.read_signal() {
-                Ok(Some(info)) => out.push(info.ssi_signo as c_int),
-                Ok(None) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    log::warn!("reading signals failed: {e}");
-                    break;
+            // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
+            let mut infos: [libc::signalfd_siginfo; BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: `infos` is valid for writes of its whole size; the
+            // kernel writes whole signalfd_siginfo records only.
+            let rc = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    infos.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&infos),
+                )
+            };
+            if rc < 0 {
+                match nix::errno::Errno::last() {
+                    nix::errno::Errno::EINTR => continue,
+                    nix::errno::Errno::EAGAIN => break,
+                    e => {
+                        log::warn!("reading signals failed: {e}");
+                        break;
+                    }
                 }
+            }
+            let got = rc as usize / size;
+            out.extend(infos[..got].iter().map(|i| i.ssi_signo as c_int));
+            if got < BATCH {
+                break;
             }
         }
         out

@@ -345,7 +345,11 @@ impl Supervisor {
                             self.on_terminal_writable(token);
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.ready.push_back(token);
+                            // Hung up with nothing in it (epoll reports the
+                            // pipe's state as it is now): no read needed.
+                            let hung_up = event.is_read_closed() && !event.is_readable() && !event.is_error();
+                            self.ready
+                                .push_back(if hung_up { pipes::hung_up(token) } else { token });
                         }
                     }
                 }

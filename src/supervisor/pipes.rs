@@ -41,6 +41,14 @@ pub(super) fn pipe_token(id: ChildId, stream: Stream) -> Token {
     Token(FIRST_PIPE + (id.0 as usize) * 2 + stream as usize)
 }
 
+/// A pipe token's mark in the ready queue: epoll said the pipe is empty
+/// and has no writer left, so its end needs no read(2) to be seen.
+const HUNG_UP: usize = 1 << 62;
+
+pub(super) fn hung_up(token: Token) -> Token {
+    Token(token.0 | HUNG_UP)
+}
+
 pub(super) fn token_pipe(token: Token) -> (ChildId, Stream) {
     let i = token.0 - FIRST_PIPE;
     (ChildId((i / 2) as u64), token_stream(token))
@@ -207,9 +215,10 @@ impl Supervisor {
         let mut budget = READ_BUDGET;
         let mut blocked = Vec::new();
         while budget > 0 {
-            let Some(token) = self.ready.pop_front() else {
+            let Some(marked) = self.ready.pop_front() else {
                 break;
             };
+            let token = Token(marked.0 & !HUNG_UP);
             let (id, stream) = token_pipe(token);
             if self
                 .children
@@ -223,7 +232,7 @@ impl Supervisor {
                 continue;
             }
             budget -= 1;
-            if self.read_pipe(id, stream) {
+            if self.read_pipe(id, stream, marked.0 & HUNG_UP != 0) {
                 self.ready.push_back(token);
             }
         }
@@ -273,17 +282,23 @@ impl Supervisor {
         waits(&self.stdout) || (!self.shared_streams && waits(&self.stderr)) || self.logs.dirty()
     }
 
-    /// One read from a pipe. True if it may have more; false at EAGAIN or
+    /// One read from a pipe (none when it `hung_up` empty, unless it is a
+    /// terminal's master). True if it may have more; false at EAGAIN or
     /// after EOF (which closes the pipe).
-    pub(super) fn read_pipe(&mut self, id: ChildId, stream: Stream) -> bool {
+    pub(super) fn read_pipe(&mut self, id: ChildId, stream: Stream, hung_up: bool) -> bool {
         let Some(child) = self.children.get_mut(&id) else {
             return false;
         };
         let Some(pipe) = child.pipes[stream as usize].as_mut() else {
             return false;
         };
-        let Some(n) = read_some(pipe.fd.as_raw_fd(), &mut self.scratch) else {
-            return false;
+        let n = if hung_up && !child.tty {
+            0
+        } else {
+            let Some(n) = read_some(pipe.fd.as_raw_fd(), &mut self.scratch) else {
+                return false;
+            };
+            n
         };
         let sink = match stream {
             Stream::Stdout => &mut self.stdout,
@@ -467,7 +482,7 @@ impl Supervisor {
                     .get(&id)
                     .is_some_and(|c| c.pipes[stream as usize].is_some())
                 {
-                    if !self.read_pipe(id, stream) {
+                    if !self.read_pipe(id, stream, false) {
                         self.close_pipe(id, stream);
                     }
                 }
