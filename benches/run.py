@@ -943,8 +943,10 @@ class Suite:
                            dict(children=n, jobs=j, child_delay_us=delay)))
         b.metric("p50", "us", "lower")
         b.metric("p99", "us", "lower", ratio_target=1.1,
-                 why="the tail is a SIGCHLD that lands while brood is suspended in a vfork-style clone"
-                     " (until the child execs); see benches/README.md, reaping")
+                 why="an exit that lands while brood waits in its vfork-style clone for the next child's exec"
+                     " (clone p50 71 us, p99 377 us here: the new child waits for a CPU); tried: a signalfd"
+                     " (kept), plain fork (p99 280-340 us, p90 worse, spawn rate 0.88x); see benches/README.md,"
+                     " reaping")
 
         def stamps(path):
             out = {}
